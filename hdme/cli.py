@@ -1,0 +1,56 @@
+"""The ``hdme`` command line. Each stage registers its own commands; none imports torch here."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from hdme import __version__
+from hdme.errors import HdmeError
+
+app = typer.Typer(
+    name="hdme",
+    help="Single-image defocus map estimation (HDME-Net): synthesis, training, export, real-time runtime.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hdme {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    pass
+
+
+def _register() -> None:
+    # Stage CLIs import only typer and the core at module level; heavy imports happen inside commands.
+    from hdme.train.cli import register as register_train
+
+    register_train(app)
+
+
+_register()
+
+
+def main() -> None:
+    try:
+        app()
+    except HdmeError as exc:
+        typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

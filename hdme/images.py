@@ -1,0 +1,100 @@
+"""Robust image reading: every failure becomes one clear line (HdmeError)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hdme.errors import HdmeError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+MIN_SIDE = 8
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files in ``folder`` (recursively), sorted by path."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise HdmeError(f"{folder}: not a folder")
+    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+
+
+def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+    """Files and folders → a flat list of image paths (folders expanded, order kept)."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            out.extend(list_images(p))
+        else:
+            out.append(p)
+    return out
+
+
+def to_rgb8(img: np.ndarray, name: str = "image") -> np.ndarray:
+    """Any decoded OpenCV image (grey, BGR, BGRA, 16-bit, float) → RGB uint8 H×W×3."""
+    if img is None or img.size == 0:
+        raise HdmeError(f"{name}: empty image")
+    if img.dtype == np.uint16:
+        img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
+    elif img.dtype in (np.float32, np.float64):
+        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
+        img = np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
+    elif img.dtype != np.uint8:
+        raise HdmeError(f"{name}: unsupported pixel type {img.dtype}")
+    if img.ndim == 2:
+        return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    if img.ndim == 3 and img.shape[2] == 1:
+        return cv2.cvtColor(img[..., 0], cv2.COLOR_GRAY2RGB)
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if img.ndim == 3 and img.shape[2] == 4:
+        # Composite on white: transparent pixels carry no scene, and black would read as a sharp edge.
+        bgr = img[..., :3].astype(np.float32)
+        alpha = img[..., 3:4].astype(np.float32) / 255.0
+        bgr = bgr * alpha + 255.0 * (1.0 - alpha)
+        return cv2.cvtColor((bgr + 0.5).astype(np.uint8), cv2.COLOR_BGR2RGB)
+    raise HdmeError(f"{name}: unsupported image layout {img.shape}")
+
+
+def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Read an image file as RGB uint8 H×W×3, or raise HdmeError with one clear line."""
+    path = Path(path)
+    if not path.exists():
+        raise HdmeError(f"{path}: no such file")
+    if path.is_dir():
+        raise HdmeError(f"{path}: is a folder, not an image")
+    if path.suffix.lower() not in IMAGE_EXTS:
+        raise HdmeError(f"{path}: unsupported format '{path.suffix}' (expected one of {', '.join(sorted(IMAGE_EXTS))})")
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size == 0:
+        raise HdmeError(f"{path}: empty file")
+    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise HdmeError(f"{path}: corrupt or unreadable image")
+    rgb = to_rgb8(img, str(path))
+    if min(rgb.shape[:2]) < min_side:
+        raise HdmeError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}, smaller than {min_side} px on a side")
+    return rgb
+
+
+def write_image(path: str | os.PathLike, img_rgb_or_bgr: np.ndarray, bgr: bool = False) -> Path:
+    """Write an 8/16-bit image atomically; ``bgr`` says whether the array is already BGR."""
+    from hdme.io import atomic_path
+
+    path = Path(path)
+    img = img_rgb_or_bgr
+    if img.ndim == 3 and not bgr:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    with atomic_path(path) as tmp:
+        if not cv2.imwrite(str(tmp), img):
+            raise HdmeError(f"{path}: OpenCV could not write this image format")
+    return path

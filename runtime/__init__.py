@@ -1,0 +1,1 @@
+"""hdme.runtime: stream frames through an inference backend to live defocus maps. No torch at import."""

@@ -1,0 +1,1 @@
+"""Synthetic defocus data with exact ground truth."""
