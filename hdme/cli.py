@@ -36,6 +36,9 @@ def _register() -> None:
     from hdme.train.cli import register as register_train
 
     register_train(app)
+    from hdme.runtime.cli import register as register_runtime
+
+    register_runtime(app)
 
 
 _register()
