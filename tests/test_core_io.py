@@ -1,0 +1,98 @@
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pytest
+
+from hdme import conventions, datasets
+from hdme.errors import HdmeError
+from hdme.images import expand_inputs, read_image
+
+
+def test_sigma_map_round_trip_png_and_npy(tmp_path, rng):
+    sigma = rng.uniform(0, 10, (17, 23)).astype(np.float32)
+    conventions.save_sigma_map(tmp_path / "m.npy", sigma)
+    conventions.save_sigma_map(tmp_path / "m.png", sigma)
+    assert np.array_equal(conventions.load_sigma_map(tmp_path / "m.npy"), sigma)
+    png = conventions.load_sigma_map(tmp_path / "m.png")
+    assert np.abs(png - sigma).max() <= 0.0005 + 1e-6
+    raw = cv2.imread(str(tmp_path / "m.png"), cv2.IMREAD_UNCHANGED)
+    assert raw.dtype == np.uint16 and raw[0, 0] == round(1000 * float(sigma[0, 0]))
+    assert not list(tmp_path.glob(".*tmp*")), "temporary files left behind"
+
+
+def test_sigma_map_errors(tmp_path):
+    with pytest.raises(HdmeError, match="no such map"):
+        conventions.load_sigma_map(tmp_path / "missing.png")
+    cv2.imwrite(str(tmp_path / "8bit.png"), np.zeros((4, 4), np.uint8))
+    with pytest.raises(HdmeError, match="16-bit"):
+        conventions.load_sigma_map(tmp_path / "8bit.png")
+    with pytest.raises(HdmeError, match=".npy or .png"):
+        conventions.save_sigma_map(tmp_path / "x.jpg", np.zeros((4, 4)))
+
+
+def test_rescale_sigma_scales_values_with_resolution():
+    sigma = np.full((100, 200), 2.0, np.float32)
+    half = conventions.rescale_sigma(sigma, (100, 200), (50, 100))
+    assert half.shape == (50, 100) and np.allclose(half, 1.0)
+    double = conventions.rescale_sigma(sigma, (100, 200), (200, 400))
+    assert np.allclose(double, 4.0)
+
+
+def test_colorize_uses_fixed_scale():
+    a = conventions.colorize(np.array([[0.0, 10.0]]))
+    b = conventions.colorize(np.array([[0.0, 5.0]]))
+    # 5 px must not be stretched to the top colour as a per-frame min–max would.
+    assert not np.array_equal(a[0, 1], b[0, 1])
+    assert np.array_equal(a[0, 0], b[0, 0])
+    pic = conventions.side_by_side(np.zeros((80, 60, 3), np.uint8), np.ones((80, 60), np.float32))
+    assert pic.shape[0] == 80 and pic.shape[1] > 120
+
+
+def test_read_image_variants(tmp_path):
+    grey = np.arange(64 * 48, dtype=np.uint16).reshape(48, 64)
+    cv2.imwrite(str(tmp_path / "g16.png"), grey)
+    cv2.imwrite(str(tmp_path / "rgba.png"), np.dstack([np.zeros((20, 20, 3), np.uint8), np.zeros((20, 20), np.uint8)]))
+    (tmp_path / "corrupt.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("x")
+    img = read_image(tmp_path / "g16.png")
+    assert img.shape == (48, 64, 3) and img.dtype == np.uint8
+    # Fully transparent pixels composite on white.
+    assert read_image(tmp_path / "rgba.png").min() == 255
+    for name, msg in [("corrupt.jpg", "corrupt"), ("empty.png", "empty"), ("notes.txt", "unsupported"), ("nope.png", "no such")]:
+        with pytest.raises(HdmeError, match=msg):
+            read_image(tmp_path / name)
+    assert [p.name for p in expand_inputs([tmp_path])] == ["corrupt.jpg", "empty.png", "g16.png", "rgba.png"]
+
+
+def test_real_datasets_load_with_right_polarity():
+    if datasets.shared_data_dir() is None:
+        pytest.skip("../shared/data is not present")
+    rtf = datasets.load_dataset("rtf")
+    assert len(rtf) == 3 and rtf[0].sigma.shape == rtf[0].image.shape[:2]
+    assert 0.29 < rtf[0].sigma.min() and rtf[0].sigma.max() <= 3.3
+    for name in ("cuhk", "dut"):
+        samples = datasets.load_dataset(name)
+        assert samples and all(s.in_focus.shape == s.image.shape[:2] for s in samples)
+        # In-focus regions carry more high-frequency energy than blurred ones (checks the mask polarity).
+        ratios = []
+        for s in samples:
+            lap = np.abs(cv2.Laplacian(cv2.cvtColor(s.image, cv2.COLOR_RGB2GRAY), cv2.CV_64F))
+            if s.in_focus.any() and (~s.in_focus).any():
+                ratios.append(lap[s.in_focus].mean() / max(lap[~s.in_focus].mean(), 1e-6))
+        assert np.median(ratios) > 1.5
+
+
+def test_missing_dataset_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("HDME_DATA", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(datasets, "shared_data_dir", lambda: None)
+    with pytest.raises(HdmeError, match="not found"):
+        datasets.load_dataset("rtf")
+
+
+def test_cli_imports_without_torch():
+    code = "import sys, hdme.cli; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)
