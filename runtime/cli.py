@@ -6,7 +6,12 @@ imported inside each command so that ``hdme --help`` stays fast and torch-free.
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import List, Optional
+
 import typer
+
+from hdme.errors import HdmeError
 
 bench_app = typer.Typer(
     name="bench",
@@ -14,6 +19,199 @@ bench_app = typer.Typer(
     no_args_is_help=True,
 )
 
+MODEL_HELP = "Shipped model name, .safetensors, .onnx or .engine (default: the shipped hdme-edge)."
+BACKEND_HELP = "auto | onnxruntime | tensorrt | torch."
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:
+    """Options the chosen engine understands (auto may pick ONNX Runtime)."""
+    if backend in ("auto", "onnxruntime"):
+        options = {"intra_op_threads": threads}
+        if provider:
+            options["provider"] = provider
+        return options
+    if provider:
+        raise HdmeError("--provider applies to the onnxruntime backend only")
+    return {"threads": threads} if backend == "torch" and threads else {}
+
+
+def predict_command(
+    inputs: List[str] = typer.Argument(..., help="Image files or folders."),
+    out: Path = typer.Option(..., "--out", help="Output folder for NAME.npy and NAME.png."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    method: str = typer.Option("hdme", "--method", help="hdme (the network) | zhuo-sim (classic edge-based baseline)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
+    tile: Optional[int] = typer.Option(None, "--tile", help="Process images larger than N px in overlapping N px tiles."),
+    formats: List[str] = typer.Option(["npy", "png"], "--format", help="npy (σ px, float32) and/or png (picture); repeatable."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
+) -> None:
+    """σ maps (Gaussian PSF sigma, px) of images: DIR/NAME.npy and DIR/NAME.png side by side."""
+    from rich.table import Table
+
+    from hdme.runtime.predict import DefocusPredictor, predict_files
+
+    console, errors = _console(), _console(stderr=True)
+    if method == "zhuo-sim":
+        from hdme.runtime.classic import ZhuoSimPredictor
+
+        predictor = ZhuoSimPredictor(max_side=max_side)
+        console.print("method: zhuo-sim (edge-based, no network)")
+    elif method == "hdme":
+        predictor = DefocusPredictor(model, backend, max_side=max_side, tile=tile, precision=precision,
+                                     **_backend_options(backend, provider, threads))
+        console.print(f"backend {predictor.backend.selection}")
+    else:
+        raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
+
+    def report(result) -> None:
+        if result.ok:
+            console.print(f"{result.source}: {result.message}, {result.ms:.0f} ms")
+        else:
+            errors.print(f"[red]failed[/red] {result.message}")
+
+    results = predict_files(predictor, inputs, out, formats, on_result=report)
+    table = Table(title=f"hdme predict → {out}")
+    for header in ("input", "H×W", "σ mean px", "σ max px", "ms", "status"):
+        table.add_column(header, justify="right" if header in ("σ mean px", "σ max px", "ms") else "left")
+    for r in results:
+        if r.ok:
+            table.add_row(r.source.name, f"{r.size[0]}x{r.size[1]}", f"{r.sigma_mean:.2f}", f"{r.sigma_max:.2f}", f"{r.ms:.0f}", "ok")
+        else:
+            table.add_row(r.source.name, "–", "–", "–", "–", "[red]failed[/red]")
+    console.print(table)
+    failed = sum(not r.ok for r in results)
+    console.print(f"{len(results) - failed} of {len(results)} images done" + (f", {failed} failed" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+def run_command(
+    source: str = typer.Argument(..., help="Camera index (0), video file, rtsp:// or http:// URL, GStreamer pipeline, image folder or image."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    engine: Optional[Path] = typer.Option(None, "--engine", help="A TensorRT engine (same as --model FILE.engine)."),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
+    size: Optional[str] = typer.Option(None, "--size", help="Run the model at HxW (e.g. 480x640); σ is mapped back to frame px."),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
+    display: bool = typer.Option(False, "--display", help="Show frame | colour map (0–10 px) | scale bar, with FPS."),
+    save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the side-by-side view to a video (.mp4, .avi…)."),
+    save_maps: Optional[Path] = typer.Option(None, "--save-maps", help="Write each σ map into this folder."),
+    map_format: str = typer.Option("png", "--map-format", help="png (16-bit, value = 1000·σ) | npy (float32 σ px)."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
+) -> None:
+    """Stream frames through the model to live σ maps; prints FPS and per-stage latency at the end."""
+    from hdme.runtime.backends import create_backend
+    from hdme.runtime.pipeline import StreamPipeline, parse_size
+    from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
+    from hdme.runtime.sources import open_source
+
+    if engine is not None:
+        if model is not None:
+            raise HdmeError("give either --model or --engine, not both")
+        model, backend = str(engine), "tensorrt" if backend == "auto" else backend
+    console = _console()
+    work_size = parse_size(size)
+    engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
+    console.print(f"backend {engine_.selection}")
+    sinks = []
+    try:
+        src = open_source(source, on_message=lambda m: _console(stderr=True).print(f"[yellow]{m}[/yellow]"))
+        console.print(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
+        if display:
+            sinks.append(DisplaySink())
+        if save_video is not None:
+            sinks.append(VideoSink(save_video, fps=src.fps or 25.0))
+        if save_maps is not None:
+            sinks.append(MapSink(save_maps, map_format))
+        stats = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames).run()
+    except BaseException:
+        for sink in sinks:  # a failure before the pipeline started still finalises what was opened
+            sink.close()
+        raise
+    finally:
+        engine_.close()
+    _print_run_summary(console, stats)
+    if save_video is not None and stats.frames:
+        console.print(f"video: {save_video}")
+    if stats.interrupted:
+        raise typer.Exit(130)
+
+
+def _print_run_summary(console, stats) -> None:
+    from rich.table import Table
+
+    summary = stats.summary()
+    console.print(
+        f"{summary['frames']} frames in {summary['seconds']:.2f} s: {summary['fps']:.1f} FPS, "
+        f"{summary['dropped']} dropped, {summary['corrupt']} corrupt" + (" (interrupted)" if summary["interrupted"] else "")
+    )
+    table = Table(title="per-stage latency (ms)")
+    for header in ("stage", "mean", "median", "p90", "p95", "p99", "max"):
+        table.add_column(header, justify="left" if header == "stage" else "right")
+    for stage, s in summary["stages"].items():
+        table.add_row(stage, *(f"{s[k]:.2f}" for k in ("mean", "median", "p90", "p95", "p99", "max")))
+    console.print(table)
+
+
+@bench_app.command("latency")
+def bench_latency_command(
+    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable."),
+    backends: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime | tensorrt | torch; repeatable (default: all available)."),
+    precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable."),
+    sizes: Optional[List[str]] = typer.Option(None, "--size", help="HxW; repeatable (default 256x256, 480x640, 720x1280)."),
+    batches: List[int] = typer.Option([1], "--batch", help="Batch size; repeatable."),
+    warmup: int = typer.Option(5, "--warmup", help="Untimed runs first."),
+    iters: Optional[int] = typer.Option(None, "--iters", help="Timed runs per configuration."),
+    duration: Optional[float] = typer.Option(None, "--duration", help="Seconds of timed runs per configuration (default 3)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results as JSON."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the results as a Markdown table."),
+    plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of latency vs resolution."),
+    stream: bool = typer.Option(False, "--stream", help="Also measure the streaming pipeline's FPS on a generated video."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
+) -> None:
+    """Latency per stage and end to end (mean, median, p90/p95/p99, std, CV, FPS), trtexec-style."""
+    from hdme.runtime.bench import DEFAULT_SIZES, bench_latency, plot_latency
+    from hdme.runtime.pipeline import parse_size
+
+    if iters is not None and duration is not None:
+        raise HdmeError("give --iters or --duration, not both")
+    if (iters is not None and iters < 1) or warmup < 0 or any(b < 1 for b in batches):
+        raise HdmeError("--iters and --batch must be at least 1, --warmup at least 0")
+    console = _console()
+    table = bench_latency(
+        models=models or None, backends=backends or None, precisions=precisions or None,
+        sizes=[parse_size(s) for s in sizes] if sizes else DEFAULT_SIZES, batches=batches,
+        warmup=warmup, iters=iters, duration=duration, stream=stream,
+        backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads),
+                         "torch": _backend_options("torch", None, threads)},
+        on_progress=lambda m: _console(stderr=True).print(f"[dim]{m}[/dim]"),
+    )
+    console.print(table.to_rich())
+    for note in table.notes:
+        console.print(f"[yellow]{note}[/yellow]")
+    if json_path:
+        table.write_json(json_path)
+        console.print(f"json: {json_path}")
+    if markdown_path:
+        table.write_markdown(markdown_path)
+        console.print(f"markdown: {markdown_path}")
+    if plot_path:
+        plot_latency(table, plot_path)
+        console.print(f"plot: {plot_path}")
+
 
 def register(app: typer.Typer) -> None:
+    app.command("predict")(predict_command)
+    app.command("run")(run_command)
     app.add_typer(bench_app, name="bench")

@@ -1,0 +1,206 @@
+"""Single images → σ maps in the input's pixels, with downscaling or tiling for large inputs."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from hdme.conventions import output_to_sigma, rescale_sigma, save_sigma_map, side_by_side
+from hdme.errors import HdmeError
+from hdme.images import expand_inputs, read_image, write_image
+from hdme.runtime.backends import create_backend
+
+MIN_SIDE = 32
+AUTO_TILE_ABOVE = 2048  # px on the longer side: beyond it a whole image costs GBs of activations
+DEFAULT_TILE = 1024
+DEFAULT_OVERLAP = 64
+FORMATS = ("npy", "png")
+
+
+def rgb_to_input(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 H×W×3 → float32 [1,3,H,W] in [0, 1], written into ``out`` when given."""
+    if out is None:
+        out = np.empty((1, 3, *rgb.shape[:2]), np.float32)
+    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[0], casting="unsafe")
+    return out
+
+
+def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:
+    """Reflect-pad an NCHW batch at the bottom/right so H and W are multiples of ``multiple``."""
+    h, w = x.shape[2:]
+    ph, pw = (-h) % multiple, (-w) % multiple
+    if ph == 0 and pw == 0:
+        return x
+    return np.pad(x, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="reflect")
+
+
+def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
+    """Start offsets of tiles of ``tile`` px covering ``length`` px, neighbours overlapping by at
+    least ``overlap`` px, the last one flush with the end."""
+    if length <= tile:
+        return [0]
+    step = tile - overlap
+    starts = list(range(0, length - tile, step))
+    return starts + [length - tile]
+
+
+def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
+    """Per-pixel weights that fall off linearly over ``overlap`` px towards a tile's edges, so
+    overlapping tiles fade into each other instead of leaving seams."""
+    def ramp(n: int) -> np.ndarray:
+        i = np.arange(n, dtype=np.float32)
+        return np.minimum(1.0, np.minimum(i + 1, n - i) / (overlap + 1))
+
+    return np.outer(ramp(h), ramp(w))
+
+
+@dataclass
+class Plan:
+    mode: str  # "direct" | "downscale" | "tile"
+    work_hw: tuple[int, int]
+    tiles: int = 1
+
+    def describe(self, h: int, w: int) -> str:
+        if self.mode == "downscale":
+            return f"downscaled {w}x{h} to {self.work_hw[1]}x{self.work_hw[0]} (σ rescaled to input px)"
+        if self.mode == "tile":
+            return f"tiled {w}x{h} into {self.tiles} tiles of {self.work_hw[1]}x{self.work_hw[0]}"
+        return f"{w}x{h} in one pass"
+
+
+class DefocusPredictor:
+    """σ px for RGB uint8 images of any size from 32 px up.
+
+    ``max_side``: downscale images whose longer side exceeds it (σ rescaled back to input px).
+    ``tile``: process images larger than ``tile`` px in overlapping tiles at native resolution.
+    With neither, images beyond 2048 px are tiled at 1024 px, and engines with a fixed profile
+    tile at their largest input.
+    """
+
+    def __init__(self, model=None, backend: str = "auto", max_side: int | None = None, tile: int | None = None,
+                 overlap: int = DEFAULT_OVERLAP, precision: str | None = None, **options) -> None:
+        if max_side is not None and max_side < MIN_SIDE:
+            raise HdmeError(f"--max-side must be at least {MIN_SIDE} px")
+        if tile is not None and tile <= 2 * overlap:
+            raise HdmeError(f"tiles must be larger than twice the overlap ({2 * overlap} px)")
+        self.backend = create_backend(model, backend, precision, **options)
+        self.max_side, self.tile, self.overlap = max_side, tile, overlap
+        self.last_plan: Plan | None = None
+
+    def plan(self, h: int, w: int) -> Plan:
+        longest = max(h, w)
+        if self.max_side and longest > self.max_side:
+            scale = self.max_side / longest
+            return Plan("downscale", (max(MIN_SIDE, round(h * scale)), max(MIN_SIDE, round(w * scale))))
+        tile = self.tile
+        if tile is None and self.backend.max_hw is not None and (h > self.backend.max_hw[0] or w > self.backend.max_hw[1]):
+            tile = min(self.backend.max_hw)
+        if tile is None and longest > AUTO_TILE_ABOVE:
+            tile = DEFAULT_TILE
+        if tile and longest > tile:
+            th, tw = min(h, tile), min(w, tile)
+            n = len(tile_starts(h, th, self.overlap)) * len(tile_starts(w, tw, self.overlap))
+            return Plan("tile", (th, tw), n)
+        return Plan("direct", (h, w))
+
+    def _infer(self, rgb: np.ndarray) -> np.ndarray:
+        h, w = rgb.shape[:2]
+        x = pad_to_multiple(rgb_to_input(rgb), self.backend.multiple)
+        return output_to_sigma(self.backend.infer(x)[0, 0, :h, :w])
+
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        """RGB uint8 H×W×3 (or H×W grey) → float32 σ px, H×W."""
+        rgb = np.asarray(rgb)
+        if rgb.ndim == 2:
+            rgb = np.repeat(rgb[..., None], 3, axis=2)
+        if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+            raise HdmeError(f"expected an RGB uint8 image H×W×3, got {rgb.dtype} {rgb.shape}")
+        h, w = rgb.shape[:2]
+        if min(h, w) < MIN_SIDE:
+            raise HdmeError(f"image is {w}x{h}; the network needs at least {MIN_SIDE} px on a side")
+        plan = self.last_plan = self.plan(h, w)
+        if plan.mode == "direct":
+            return self._infer(rgb)
+        if plan.mode == "downscale":
+            wh, ww = plan.work_hw
+            small = cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
+            return rescale_sigma(self._infer(small), (wh, ww), (h, w))
+        th, tw = plan.work_hw
+        total = np.zeros((h, w), np.float32)
+        weight = np.zeros((h, w), np.float32)
+        window = blend_window(th, tw, self.overlap)
+        for y in tile_starts(h, th, self.overlap):
+            for x in tile_starts(w, tw, self.overlap):
+                total[y:y + th, x:x + tw] += self._infer(rgb[y:y + th, x:x + tw]) * window
+                weight[y:y + th, x:x + tw] += window
+        return total / weight
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@dataclass
+class PredictResult:
+    source: Path
+    ok: bool
+    message: str  # the plan on success, the one-line error otherwise
+    size: tuple[int, int] | None = None
+    sigma_mean: float | None = None
+    sigma_max: float | None = None
+    ms: float | None = None
+    outputs: tuple[Path, ...] = ()
+
+
+def write_prediction(out_dir: Path, name: str, rgb: np.ndarray, sigma: np.ndarray, formats=FORMATS) -> tuple[Path, ...]:
+    """DIR/NAME.npy (σ px) and DIR/NAME.png (input | colour map | scale bar), each atomically."""
+    written = []
+    if "npy" in formats:
+        written.append(save_sigma_map(out_dir / f"{name}.npy", sigma))
+    if "png" in formats:
+        picture = side_by_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma)
+        written.append(write_image(out_dir / f"{name}.png", picture, bgr=True))
+    return tuple(written)
+
+
+def _output_names(paths: list[Path]) -> list[str]:
+    """Output stems, made unique when inputs from different folders share a name."""
+    seen: dict[str, int] = {}
+    names = []
+    for p in paths:
+        count = seen.get(p.stem, 0)
+        seen[p.stem] = count + 1
+        names.append(p.stem if count == 0 else f"{p.stem}_{count + 1}")
+    return names
+
+
+def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FORMATS, on_result=None) -> list[PredictResult]:
+    """Run ``predictor`` (anything with ``.predict(rgb)``) over files and folders; a bad file gets
+    a failed result with one line and the rest still run."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise HdmeError(f"unknown output format {bad[0]!r} (choose from {', '.join(FORMATS)})")
+    paths = expand_inputs(inputs)
+    if not paths:
+        raise HdmeError("no input images found")
+    results = []
+    for path, name in zip(paths, _output_names(paths)):
+        try:
+            rgb = read_image(path, min_side=MIN_SIDE)
+            start = time.perf_counter()
+            sigma = predictor.predict(rgb)
+            ms = (time.perf_counter() - start) * 1e3
+            outputs = write_prediction(out_dir, name, rgb, sigma, formats)
+            plan = getattr(predictor, "last_plan", None)
+            h, w = rgb.shape[:2]
+            message = plan.describe(h, w) if plan else "one pass"
+            result = PredictResult(path, True, message, (h, w), float(sigma.mean()), float(sigma.max()), ms, outputs)
+        except HdmeError as exc:
+            result = PredictResult(path, False, str(exc))
+        results.append(result)
+        if on_result:
+            on_result(result)
+    return results
