@@ -59,24 +59,24 @@ def predict_command(
 
     from hdme.runtime.predict import DefocusPredictor, predict_files
 
-    console, errors = _console(), _console(stderr=True)
+    console = _console()
     if method == "zhuo-sim":
         from hdme.runtime.classic import ZhuoSimPredictor
 
         predictor = ZhuoSimPredictor(max_side=max_side)
-        console.print("method: zhuo-sim (edge-based, no network)")
+        typer.echo("method: zhuo-sim (edge-based, no network)")
     elif method == "hdme":
         predictor = DefocusPredictor(model, backend, max_side=max_side, tile=tile, precision=precision,
                                      **_backend_options(backend, provider, threads))
-        console.print(f"backend {predictor.backend.selection}")
+        typer.echo(f"backend {predictor.backend.selection}")
     else:
         raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
 
     def report(result) -> None:
         if result.ok:
-            console.print(f"{result.source}: {result.message}, {result.ms:.0f} ms")
+            typer.echo(f"{result.source}: {result.message}, {result.ms:.0f} ms")
         else:
-            errors.print(f"[red]failed[/red] {result.message}")
+            typer.secho(f"failed {result.message}", fg=typer.colors.RED, err=True)
 
     results = predict_files(predictor, inputs, out, formats, on_result=report)
     table = Table(title=f"hdme predict → {out}")
@@ -89,7 +89,7 @@ def predict_command(
             table.add_row(r.source.name, "–", "–", "–", "–", "[red]failed[/red]")
     console.print(table)
     failed = sum(not r.ok for r in results)
-    console.print(f"{len(results) - failed} of {len(results)} images done" + (f", {failed} failed" if failed else ""))
+    typer.echo(f"{len(results) - failed} of {len(results)} images done" + (f", {failed} failed" if failed else ""))
     if failed:
         raise typer.Exit(1)
 
@@ -122,11 +122,11 @@ def run_command(
     console = _console()
     work_size = parse_size(size)
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
-    console.print(f"backend {engine_.selection}")
+    typer.echo(f"backend {engine_.selection}")
     sinks = []
     try:
-        src = open_source(source, on_message=lambda m: _console(stderr=True).print(f"[yellow]{m}[/yellow]"))
-        console.print(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
+        src = open_source(source, on_message=lambda m: typer.secho(m, fg=typer.colors.YELLOW, err=True))
+        typer.echo(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
         if display:
             sinks.append(DisplaySink())
         if save_video is not None:
@@ -142,7 +142,7 @@ def run_command(
         engine_.close()
     _print_run_summary(console, stats)
     if save_video is not None and stats.frames:
-        console.print(f"video: {save_video}")
+        typer.echo(f"video: {save_video}")
     if stats.interrupted:
         raise typer.Exit(130)
 
@@ -151,7 +151,7 @@ def _print_run_summary(console, stats) -> None:
     from rich.table import Table
 
     summary = stats.summary()
-    console.print(
+    typer.echo(
         f"{summary['frames']} frames in {summary['seconds']:.2f} s: {summary['fps']:.1f} FPS, "
         f"{summary['dropped']} dropped, {summary['corrupt']} corrupt" + (" (interrupted)" if summary["interrupted"] else "")
     )
@@ -195,23 +195,88 @@ def bench_latency_command(
         warmup=warmup, iters=iters, duration=duration, stream=stream,
         backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads),
                          "torch": _backend_options("torch", None, threads)},
-        on_progress=lambda m: _console(stderr=True).print(f"[dim]{m}[/dim]"),
+        on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
     console.print(table.to_rich())
     for note in table.notes:
-        console.print(f"[yellow]{note}[/yellow]")
+        typer.secho(note, fg=typer.colors.YELLOW)
     if json_path:
         table.write_json(json_path)
-        console.print(f"json: {json_path}")
+        typer.echo(f"json: {json_path}")
     if markdown_path:
         table.write_markdown(markdown_path)
-        console.print(f"markdown: {markdown_path}")
+        typer.echo(f"markdown: {markdown_path}")
     if plot_path:
         plot_latency(table, plot_path)
-        console.print(f"plot: {plot_path}")
+        typer.echo(f"plot: {plot_path}")
+
+
+@bench_app.command("accuracy")
+def bench_accuracy_command(
+    datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="synthetic[:N] | rtf | cuhk | dut | DIR, each with an optional :N limit; repeatable (default: synthetic and every real set found)."),
+    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the name (.fp16, .int8, .int8-cpu)."),
+    engines: Optional[List[Path]] = typer.Option(None, "--engine", help="TensorRT engines; repeatable (same as --model FILE.engine)."),
+    backends: Optional[List[str]] = typer.Option(None, "--backend", help=BACKEND_HELP + " Repeatable."),
+    methods: Optional[List[str]] = typer.Option(None, "--method", help="hdme | zhuo-sim; repeatable (default: both)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results, per image included, as JSON."),
+    markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
+    max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
+) -> None:
+    """Accuracy of models × backends × precisions and the Zhuo–Sim baseline, in one table."""
+    from hdme.runtime.accuracy import bench_accuracy
+
+    bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
+                   json_path, markdown_path, max_side)
+
+
+@bench_app.command("report")
+def bench_report_command(
+    results: List[Path] = typer.Argument(..., help="Results of hdme bench accuracy --json and/or hdme bench latency --json."),
+    out: Path = typer.Option(..., "--out", help="Folder for report.md and its PNG figures."),
+) -> None:
+    """Markdown report with figures: error vs true σ, RTF row profiles, map grids, latency vs resolution."""
+    from hdme.runtime.report import build_report
+
+    _console().print(f"report: {build_report(results, out)}")
+
+
+def focus_sweep_command(
+    frames: List[str] = typer.Argument(..., help="Frames of the sweep in order: image files or folders."),
+    points: Optional[str] = typer.Option(None, "--points", help='Points "x,y;x,y" (σ = median of a 5×5 window).'),
+    regions: Optional[str] = typer.Option(None, "--regions", help='Regions "x,y,w,h;…" (σ = median over the region).'),
+    method: str = typer.Option("auto", "--method", help="auto (the model, else zhuo-sim) | hdme | zhuo-sim."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of σ per frame."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the curves and focus positions as JSON."),
+) -> None:
+    """Autofocus from a focus sweep: the frame (and sub-frame position) of minimum σ per point."""
+    from hdme.runtime.focus import run_focus_sweep
+
+    run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path)
+
+
+def depth_command(
+    source: Path = typer.Argument(..., help="An image, or a σ map (.npy, 16-bit .png)."),
+    focal_mm: float = typer.Option(..., "--focal-mm", help="Focal length, mm."),
+    f_number: float = typer.Option(..., "--f-number", help="Aperture f-number N."),
+    pixel_um: float = typer.Option(..., "--pixel-um", help="Pixel pitch of the image, µm."),
+    focus_m: float = typer.Option(..., "--focus-m", help="Distance the lens is focused at, m."),
+    points: Optional[str] = typer.Option(None, "--points", help='Also report points "x,y;x,y".'),
+    method: str = typer.Option("auto", "--method", help="For images: auto | hdme | zhuo-sim."),
+    model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
+    backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
+    out: Optional[Path] = typer.Option(None, "--out", help="Write near_m, far_m and sigma_px maps to FILE.npz."),
+) -> None:
+    """Thin-lens distance from σ (paper Eq. 2): both the near and the far solution."""
+    from hdme.runtime.focus import Lens, run_depth
+
+    run_depth(source, Lens(focal_mm, f_number, pixel_um, focus_m), method, model, backend, points, out)
 
 
 def register(app: typer.Typer) -> None:
     app.command("predict")(predict_command)
     app.command("run")(run_command)
     app.add_typer(bench_app, name="bench")
+    app.command("focus-sweep")(focus_sweep_command)
+    app.command("depth")(depth_command)

@@ -178,7 +178,7 @@ class LiveSource(Source):
                 self.on_message(f"{self.description}: gave up after {attempts} reconnect attempts")
                 return False
             attempts += 1
-            self.on_message(f"{self.description}: lost, reconnecting in {delay:.1f} s (attempt {attempts})")
+            self.on_message(f"{self.description}: lost, reconnecting in {delay:.3g} s (attempt {attempts})")
             if self._stop.wait(delay):
                 return False
             cap = self.opener()

@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 
 
-def tiny_onnx(path: Path, seed: int = 0, multiple: int | None = None) -> Path:
+def tiny_onnx(path: Path, seed: int = 0, multiple: int | None = None, constant: float | None = None) -> Path:
     """A two-layer conv net with the exported models' IO: "image" [N,3,H,W] → "sigma" [N,1,H,W]
-    in [0, 1] (sigmoid), dynamic N, H, W."""
+    in [0, 1] (sigmoid), dynamic N, H, W. ``constant``: output that value (σ/10) everywhere."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -19,6 +19,9 @@ def tiny_onnx(path: Path, seed: int = 0, multiple: int | None = None) -> Path:
     b1 = rng.normal(0, 0.1, 4).astype(np.float32)
     w2 = rng.normal(0, 0.5, (1, 4, 1, 1)).astype(np.float32)
     b2 = np.zeros(1, np.float32)
+    if constant is not None:
+        w2[:] = 0.0
+        b2[:] = np.log(constant / (1.0 - constant))  # sigmoid⁻¹
     nodes = [
         helper.make_node("Conv", ["image", "w1", "b1"], ["c1"], pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["c1"], ["r1"]),

@@ -1,0 +1,137 @@
+"""hdme predict: exact input size, large-image policies, odd files, atomic outputs, exit status."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hdme.cli import app
+from hdme.conventions import load_sigma_map
+from hdme.errors import HdmeError
+from hdme.runtime.predict import DefocusPredictor, blend_window, tile_starts
+from runtime_support import textured_rgb, tiny_onnx
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    d = tmp_path_factory.mktemp("models")
+    return {"tiny": tiny_onnx(d / "tiny.onnx"), "m8": tiny_onnx(d / "m8.onnx", multiple=8),
+            "const": tiny_onnx(d / "const.onnx", constant=0.25)}
+
+
+@pytest.mark.parametrize("h, w", [(32, 32), (33, 47), (61, 40)])
+def test_predict_returns_sigma_of_exactly_the_input_size(models, h, w):
+    rgb = textured_rgb(h, w)
+    for model in (models["tiny"], models["m8"]):
+        sigma = DefocusPredictor(model).predict(rgb)
+        assert sigma.shape == (h, w) and sigma.dtype == np.float32
+        assert 0.0 <= sigma.min() and sigma.max() <= 10.0
+    # Padding to a multiple of 8 (reflect) changes only pixels near the padded border.
+    a = DefocusPredictor(models["tiny"]).predict(rgb)
+    b = DefocusPredictor(models["m8"]).predict(rgb)
+    np.testing.assert_allclose(a[:-2, :-2], b[:-2, :-2], atol=1e-5)
+
+
+def test_predict_rejects_tiny_and_non_rgb_arrays(models):
+    predictor = DefocusPredictor(models["tiny"])
+    with pytest.raises(HdmeError, match="at least 32 px"):
+        predictor.predict(textured_rgb(31, 64))
+    with pytest.raises(HdmeError, match="RGB uint8"):
+        predictor.predict(np.zeros((40, 40, 3), np.float32))
+    assert predictor.predict(textured_rgb(40, 40)[..., 0]).shape == (40, 40)  # grey array
+
+
+def test_downscaling_rescales_sigma_to_input_pixels(models):
+    rgb = textured_rgb(64, 96)
+    direct = DefocusPredictor(models["const"]).predict(rgb)
+    np.testing.assert_allclose(direct, 2.5, atol=1e-4)
+    halved = DefocusPredictor(models["const"], max_side=48)
+    sigma = halved.predict(rgb)
+    assert halved.last_plan.mode == "downscale" and halved.last_plan.work_hw == (32, 48)
+    assert "downscaled 96x64 to 48x32" in halved.last_plan.describe(64, 96)
+    assert sigma.shape == (64, 96)
+    np.testing.assert_allclose(sigma, 5.0, atol=1e-3)  # 2.5 px at half size is 5 px at full size
+
+
+def test_tiling_matches_one_pass_away_from_seams(models):
+    rgb = textured_rgb(96, 160, seed=4)
+    whole = DefocusPredictor(models["tiny"]).predict(rgb)
+    tiled_predictor = DefocusPredictor(models["tiny"], tile=64, overlap=16)
+    tiled = tiled_predictor.predict(rgb)
+    assert tiled_predictor.last_plan.mode == "tile" and tiled_predictor.last_plan.tiles == 2 * 3
+    assert tiled.shape == whole.shape
+    # The 3×3 receptive field only sees tile borders in the outermost pixel of each tile, and
+    # the blend window weights those pixels down.
+    assert np.abs(tiled - whole).mean() < 0.01
+    assert np.abs(tiled - whole).max() < 0.5
+
+
+def test_tile_geometry():
+    assert tile_starts(100, 128, 16) == [0]
+    starts = tile_starts(300, 128, 16)
+    assert starts[0] == 0 and starts[-1] == 300 - 128
+    assert all(b - a <= 128 - 16 for a, b in zip(starts, starts[1:]))
+    window = blend_window(8, 10, 3)
+    assert window.shape == (8, 10) and window.min() > 0 and window[4, 5] == 1.0
+
+
+def _write_inputs(folder):
+    folder.mkdir()
+    rgb = textured_rgb(70, 90)
+    bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
+    cv2.imwrite(str(folder / "colour.png"), bgr)
+    cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(folder / "alpha.png"), np.dstack([bgr, np.full((70, 90), 200, np.uint8)]))
+    cv2.imwrite(str(folder / "deep.png"), bgr.astype(np.uint16) * 257)
+    cv2.imwrite(str(folder / "odd.jpg"), bgr[:65, :77])
+    cv2.imwrite(str(folder / "tiny.png"), bgr[:20, :20])
+    (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return {"colour": (70, 90), "grey": (70, 90), "alpha": (70, 90), "deep": (70, 90), "odd": (65, 77)}
+
+
+def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
+    good = _write_inputs(tmp_path / "in")
+    (tmp_path / "in" / "notes.gif").write_bytes(b"GIF89a")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), str(tmp_path / "in" / "notes.gif"),
+                                      "--out", str(out), "--model", str(models["tiny"])])
+    assert result.exit_code == 1, result.output
+    text = result.output
+    assert "tiny.png: image is 20x20, smaller than 32 px" in text
+    assert "corrupt.png: corrupt or unreadable image" in text
+    assert "unsupported format '.gif'" in text
+    assert "5 of 8 images done, 3 failed" in text
+    assert "Traceback" not in text
+    for name, hw in good.items():
+        sigma = load_sigma_map(out / f"{name}.npy")
+        assert sigma.shape == hw and sigma.dtype == np.float32
+        picture = cv2.imread(str(out / f"{name}.png"))
+        assert picture.shape[0] == hw[0] and picture.shape[1] > 2 * hw[1]  # input | map | scale bar
+    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{e}" for n in good for e in ("npy", "png"))
+
+
+def test_cli_predict_all_good_exits_zero_and_honours_format(models, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(64, 64))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                                      "--model", str(models["tiny"]), "--format", "npy"])
+    assert result.exit_code == 0, result.output
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["a.npy"]
+
+
+def test_cli_predict_bad_model_is_one_line(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(64, 64))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
+                                      "--model", str(tmp_path / "nope.onnx")])
+    assert result.exit_code != 0
+    assert isinstance(result.exception, HdmeError) and "no such model file" in str(result.exception)
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_predict_zhuo_sim(tmp_path):
+    pytest.importorskip("hdme.runtime.classic", reason="the classic baseline is not available")
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(64, 80))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--method", "zhuo-sim"])
+    assert result.exit_code == 0, result.output
+    assert load_sigma_map(tmp_path / "o" / "a.npy").shape == (64, 80)

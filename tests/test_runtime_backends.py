@@ -1,0 +1,143 @@
+"""Backends: the shared interface on a tiny ONNX, auto selection, one-line errors, TensorRT logic."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from hdme.errors import HdmeError
+from hdme.runtime.backends import available_backends, create_backend, resolve_model
+from hdme.runtime.backends.buffers import grown_capacity, nbytes
+from hdme.runtime.backends.onnxruntime import precision_from_name
+from hdme.runtime.backends.tensorrt import SystemInfo, check_sidecar, fit_profile, sidecar_mismatches
+from runtime_support import tiny_onnx
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory):
+    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+def test_onnxruntime_backend_matches_direct_session(onnx_path):
+    x = np.random.default_rng(1).random((2, 3, 33, 47), dtype=np.float32)
+    direct = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
+    with create_backend(onnx_path, "onnxruntime", provider="cpu", intra_op_threads=1) as backend:
+        y = backend.infer(x)
+        y_timed, times = backend.infer_timed(x[:1])
+        assert backend.name == "onnxruntime" and backend.precision == "fp32" and backend.device == "cpu"
+    assert y.shape == (2, 1, 33, 47) and y.dtype == np.float32
+    np.testing.assert_allclose(y, direct, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(y_timed, direct[:1], rtol=1e-5, atol=1e-6)
+    assert times.h2d is None and times.d2h is None and times.compute > 0
+    assert y.std() > 1e-3  # the model responds to its input
+
+
+def test_backend_rejects_wrong_input_layout(onnx_path):
+    with create_backend(onnx_path) as backend, pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
+        backend.infer(np.zeros((1, 4, 8, 8), np.float32))
+
+
+def test_auto_picks_engine_by_file_and_says_so(onnx_path, tmp_path):
+    backend = create_backend(onnx_path)
+    assert backend.name == "onnxruntime"
+    assert backend.selection.startswith("auto:") and "tiny.onnx" in backend.selection
+    assert resolve_model(onnx_path)[:2] == ("onnxruntime", str(onnx_path))
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"plan")
+    assert resolve_model(engine)[0] == "tensorrt"
+    multiple = create_backend(tiny_onnx(tmp_path / "m8.onnx", multiple=8))
+    assert multiple.multiple == 8
+
+
+@pytest.mark.parametrize(
+    "make, backend, pattern",
+    [
+        (lambda d: d / "missing.onnx", "auto", "no such model file"),
+        (lambda d: (d / "junk.onnx").write_bytes(b"\x00not onnx at all") and d / "junk.onnx", "auto", "not a loadable ONNX model"),
+        (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "auto", "not a model file"),
+        (lambda d: d, "auto", "not a model file"),
+        (lambda d: tiny_onnx(d / "t.onnx"), "torch", "runs on the onnxruntime backend, not torch"),
+        (lambda d: tiny_onnx(d / "t.onnx"), "tensorflow", "unknown backend"),
+        (lambda d: "no-such-shipped-model", "auto", "no shipped model named"),
+    ],
+)
+def test_bad_models_give_one_line(tmp_path, make, backend, pattern):
+    with pytest.raises(HdmeError, match=pattern) as err:
+        create_backend(make(tmp_path), backend)
+    assert "\n" not in str(err.value)
+
+
+def test_precision_of_files(onnx_path):
+    assert precision_from_name(onnx_path) == "fp32"
+    assert precision_from_name(onnx_path.with_name("hdme-edge.int8-cpu.onnx")) == "int8"
+    assert precision_from_name(onnx_path.with_name("hdme-edge.fp16.onnx")) == "fp16"
+    with pytest.raises(HdmeError, match="is a fp32 model"):
+        create_backend(onnx_path, "onnxruntime", precision="int8")
+
+
+def test_available_backends_lists_what_is_installed():
+    names = available_backends()
+    assert names[0] == "onnxruntime"
+    assert ("torch" in names) == (importlib.util.find_spec("torch") is not None)
+
+
+def test_sidecar_mismatch_is_refused_with_a_rebuild_hint(tmp_path):
+    here = SystemInfo("10.8.0.43", "NVIDIA Jetson AGX Orin", "8.7")
+    built_here = {"tensorrt_version": "10.8.0.43", "gpu_name": "NVIDIA Jetson AGX Orin", "compute_capability": [8, 7], "precision": "fp16"}
+    assert sidecar_mismatches(built_here, here) == []
+    check_sidecar(tmp_path / "m.engine", built_here, here)
+    other = {**built_here, "tensorrt_version": "10.3.0.26", "gpu_name": "NVIDIA A100-SXM4-40GB", "compute_capability": "8.0"}
+    problems = sidecar_mismatches(other, here)
+    assert len(problems) == 3 and "TensorRT 10.3.0.26" in problems[0] and "8.0" in problems[1]
+    with pytest.raises(HdmeError, match=r"rebuild it here with: hdme export trt .*m\.onnx --out .*m\.engine --precision fp16") as err:
+        check_sidecar(tmp_path / "m.engine", other, here)
+    assert "\n" not in str(err.value)
+    # A different build number of the same release is the same TensorRT.
+    assert sidecar_mismatches({**built_here, "tensorrt_version": "10.8.0.40"}, here) == []
+
+
+def test_profile_and_buffer_sizing():
+    fit_profile((1, 3, 480, 640), (1, 3, 256, 256), (4, 3, 1088, 1920))
+    with pytest.raises(HdmeError, match="outside the engine's profile"):
+        fit_profile((1, 3, 2160, 3840), (1, 3, 256, 256), (4, 3, 1088, 1920))
+    with pytest.raises(HdmeError, match="outside the engine's profile"):
+        fit_profile((8, 3, 480, 640), (1, 3, 256, 256), (4, 3, 1088, 1920))
+    assert nbytes((1, 3, 480, 640), np.float32) == 3 * 480 * 640 * 4
+    assert nbytes((1, 1, 480, 640), np.float16) == 480 * 640 * 2
+    assert grown_capacity(1000, 800) == 1000
+    assert grown_capacity(1000, 1200) == 1500
+    assert grown_capacity(1000, 4000) == 4000
+
+
+@pytest.mark.tensorrt
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (needs an NVIDIA GPU)")
+def test_tensorrt_engine_matches_onnxruntime(onnx_path, tmp_path):
+    from hdme.export.tensorrt import build_engine  # the export stage builds the engine and sidecar
+
+    engine = build_engine(onnx_path, tmp_path / "tiny.engine", precision="fp32", shapes="1x3x32x32:1x3x64x64:2x3x128x128")
+    x = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
+    with create_backend(engine) as trt_backend, create_backend(onnx_path) as ort_backend:
+        y, times = trt_backend.infer_timed(x)
+        np.testing.assert_allclose(y, ort_backend.infer(x), atol=1e-3)
+        np.testing.assert_allclose(trt_backend.infer(x), y, atol=1e-6)  # CUDA-graph replay
+        assert times.h2d is not None and times.d2h is not None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_torch_backend_runs_saved_weights(tmp_path):
+    models = pytest.importorskip("hdme.train.models", reason="the model family is not available")
+    import torch
+
+    net = models.create_model("hdme-tiny").eval()
+    models.save_model(net, tmp_path / "tiny.safetensors", card={"note": "test"})
+    x = np.random.default_rng(3).random((1, 3, 40, 56), dtype=np.float32)
+    with create_backend(tmp_path / "tiny.safetensors") as backend:
+        assert backend.name == "torch" and backend.device == "cpu"
+        y = backend.infer(x)
+    with torch.inference_mode():
+        expected = net(torch.from_numpy(x)).numpy()
+    assert y.shape == (1, 1, 40, 56)
+    np.testing.assert_allclose(y, expected, atol=1e-5)

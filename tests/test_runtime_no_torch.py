@@ -1,0 +1,51 @@
+"""The runtime installs and runs without torch: predict and run on an ONNX model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import cv2
+
+from runtime_support import textured_rgb, tiny_onnx, write_video
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
+
+
+def test_runtime_never_imports_torch_on_the_onnx_path(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(64, 64))
+    video = write_video(tmp_path / "v.avi", frames=4, h=64, w=64)
+    proc = _run(f"""
+        import sys
+        import hdme.runtime.backends, hdme.runtime.predict, hdme.runtime.pipeline, hdme.runtime.sources
+        import hdme.runtime.sinks, hdme.runtime.bench, hdme.runtime.cli
+        from hdme.runtime.predict import DefocusPredictor
+        sigma = DefocusPredictor({str(model)!r}).predict(__import__("numpy").zeros((40, 48, 3), "uint8"))
+        assert sigma.shape == (40, 48)
+        assert "torch" not in sys.modules, "torch was imported"
+        print("ok")
+    """)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
+    # With torch made unimportable, as in a runtime-only install, the CLI still works end to end.
+    proc = _run(f"""
+        import sys
+        sys.modules["torch"] = None
+        sys.argv = ["hdme", "predict", {str(tmp_path / 'a.png')!r}, "--out", {str(tmp_path / 'out')!r},
+                    "--model", {str(model)!r}]
+        from hdme.cli import main
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+        sys.argv = ["hdme", "run", {str(video)!r}, "--model", {str(model)!r}, "--save-video", {str(tmp_path / 'o.avi')!r}]
+        try:
+            main()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+    """)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert (tmp_path / "out" / "a.npy").is_file() and (tmp_path / "o.avi").is_file()

@@ -1,0 +1,238 @@
+"""hdme run: files frame by frame, live sources (latest frame, reconnects), sinks, Ctrl-C."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import cv2
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from hdme.cli import app
+from hdme.conventions import load_sigma_map
+from hdme.errors import HdmeError
+from hdme.runtime.backends import create_backend
+from hdme.runtime.pipeline import StreamPipeline, parse_size
+from hdme.runtime.sinks import MapSink, Sink, VideoSink
+from hdme.runtime.sources import LiveSource, VideoFileSource, classify_source, gstreamer_pipeline, open_source
+from runtime_support import textured_rgb, tiny_onnx, write_video
+
+
+@pytest.fixture(scope="module")
+def onnx_path(tmp_path_factory):
+    return tiny_onnx(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+def count_frames(path) -> int:
+    cap = cv2.VideoCapture(str(path))
+    n = 0
+    while cap.read()[0]:
+        n += 1
+    cap.release()
+    return n
+
+
+def test_run_video_saves_a_playable_video_with_every_frame(onnx_path, tmp_path):
+    video = write_video(tmp_path / "in.mp4", frames=20, h=64, w=80)
+    out = tmp_path / "out.mp4"
+    result = CliRunner().invoke(app, ["run", str(video), "--model", str(onnx_path), "--save-video", str(out),
+                                      "--save-maps", str(tmp_path / "maps")])
+    assert result.exit_code == 0, result.output
+    assert "20 frames" in result.output and "0 dropped" in result.output
+    assert count_frames(out) == 20
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)) == 64 and int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)) > 160
+    maps = sorted((tmp_path / "maps").glob("*.png"))
+    assert len(maps) == 20 and load_sigma_map(maps[0]).shape == (64, 80)
+    assert not list(tmp_path.glob(".*tmp*"))  # no temporary file left behind
+
+
+def test_resized_frames_give_sigma_in_frame_pixels(tmp_path):
+    model = tiny_onnx(tmp_path / "const.onnx", constant=0.2)  # 2 px at the model's resolution
+    video = write_video(tmp_path / "in.avi", frames=3, h=64, w=96)
+    stats = StreamPipeline(VideoFileSource(video), create_backend(model), [MapSink(tmp_path / "m", "npy")], size=(32, 48)).run()
+    assert stats.frames == 3
+    sigma = np.load(tmp_path / "m" / "000000.npy")
+    assert sigma.shape == (64, 96)
+    np.testing.assert_allclose(sigma, 4.0, atol=1e-3)  # half-size frames: 2 px there is 4 px here
+
+
+def test_max_frames_and_truncated_video_end_cleanly(onnx_path, tmp_path):
+    video = write_video(tmp_path / "in.avi", frames=20, h=48, w=64)
+    data = video.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    backend = create_backend(onnx_path)
+    stats = StreamPipeline(VideoFileSource(cut), backend).run()
+    assert 5 <= stats.frames < 20
+    stats = StreamPipeline(VideoFileSource(video), backend, max_frames=7).run()
+    assert stats.frames == 7
+
+
+def test_image_folder_skips_and_counts_corrupt_frames(onnx_path, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"f{i}.png"), textured_rgb(40, 56, seed=i))
+    (folder / "f1b.png").write_bytes(b"broken")
+    messages = []
+    source = open_source(str(folder), on_message=messages.append)
+    stats = StreamPipeline(source, create_backend(onnx_path), [MapSink(tmp_path / "maps", "npy")]).run()
+    assert (stats.frames, stats.corrupt) == (3, 1)
+    assert any("f1b.png" in m for m in messages)
+    assert sorted(p.stem for p in (tmp_path / "maps").iterdir()) == ["f0", "f1", "f2"]
+
+
+class _InterruptAfter(Sink):
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def write(self, frame_bgr, sigma, name):
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt
+        return True
+
+
+def test_ctrl_c_finalises_the_video(onnx_path, tmp_path):
+    video = write_video(tmp_path / "in.avi", frames=20, h=64, w=64)
+    out = tmp_path / "out.avi"
+    sinks = [VideoSink(out, fps=10), _InterruptAfter(6)]
+    stats = StreamPipeline(VideoFileSource(video), create_backend(onnx_path), sinks).run()
+    assert stats.interrupted
+    assert count_frames(out) == 6  # every frame the video sink got before the interrupt, playable
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+class FakeCamera:
+    """A camera delivering numbered frames every ``period`` s; after ``unplug_after`` frames it
+    stops delivering (unplugged)."""
+
+    def __init__(self, counter: list[int], period: float = 0.002, unplug_after: int | None = None) -> None:
+        self.counter, self.period, self.left = counter, period, unplug_after
+        self.released = False
+
+    def read(self):
+        time.sleep(self.period)
+        if self.left is not None:
+            if self.left <= 0:
+                return False, None
+            self.left -= 1
+        self.counter[0] += 1
+        frame = np.zeros((8, 8, 3), np.uint8)
+        frame[0, 0, :2] = divmod(self.counter[0], 256)
+        return True, frame
+
+    def release(self):
+        self.released = True
+
+
+def frame_number(frame) -> int:
+    hi, lo = frame.image[0, 0, :2]
+    return int(hi) * 256 + int(lo)
+
+
+def test_live_source_keeps_only_the_latest_frame():
+    counter = [0]
+    source = LiveSource(lambda: FakeCamera(counter), "fake camera", on_message=lambda m: None)
+    try:
+        gaps = []
+        for _ in range(5):
+            time.sleep(0.05)  # a consumer much slower than the camera
+            frame = source.read()
+            gaps.append(counter[0] - frame_number(frame))
+        assert max(gaps) <= 5, gaps  # (nearly) the newest frame; a queue would lag by ~25 per read
+        assert source.dropped >= 20
+    finally:
+        source.close()
+
+
+def test_live_source_reconnects_with_back_off():
+    counter = [0]
+    opens = []
+    messages = []
+
+    def opener():
+        opens.append(time.perf_counter())
+        if 2 <= len(opens) <= 3:  # unplugged: the first two reopen attempts fail
+            return None
+        return FakeCamera(counter, unplug_after=5 if len(opens) == 1 else None)
+
+    source = LiveSource(opener, "fake camera", on_message=messages.append, backoff=0.02, max_backoff=0.1)
+    try:
+        seen = []
+        deadline = time.perf_counter() + 5
+        while len(seen) < 8 and time.perf_counter() < deadline:
+            seen.append(frame_number(source.read()))
+        assert len(seen) == 8 and seen == sorted(seen)
+        assert source.reconnects == 1 and len(opens) == 4
+        delays = [float(m.split("reconnecting in ")[1].split(" s")[0]) for m in messages if "reconnecting in" in m]
+        assert delays == [0.02, 0.04, 0.08]
+        assert opens[3] - opens[2] >= 0.075 and opens[2] - opens[1] >= 0.035  # the waits grew
+        assert messages[-1] == "fake camera: reconnected"
+    finally:
+        source.close()
+
+
+def test_live_source_gives_up_after_max_reconnects_and_rejects_unopenable():
+    counter = [0]
+    calls = []
+
+    def opener():
+        calls.append(1)
+        return FakeCamera(counter, unplug_after=2) if len(calls) == 1 else None
+
+    source = LiveSource(opener, "fake camera", on_message=lambda m: None, backoff=0.01, max_reconnects=2)
+    frames = []
+    while (frame := source.read()) is not None:
+        frames.append(frame)
+    assert len(frames) >= 1 and len(calls) == 3
+    source.close()
+    with pytest.raises(HdmeError, match="cannot open"):
+        LiveSource(lambda: None, "camera 9", on_message=lambda m: None)
+
+
+def test_live_source_through_the_pipeline_drops_instead_of_lagging(onnx_path):
+    counter = [0]
+    source = LiveSource(lambda: FakeCamera(counter, period=0.001), "fake camera", on_message=lambda m: None)
+
+    class Slow(Sink):
+        def write(self, frame_bgr, sigma, name):
+            time.sleep(0.02)
+            return True
+
+    stats = StreamPipeline(source, create_backend(onnx_path), [Slow()], size=(32, 32), max_frames=10).run()
+    assert stats.frames == 10 and stats.dropped > 10
+    assert max(stats.stage_ms["end-to-end"]) < 500
+
+
+def test_classify_sources(tmp_path):
+    video = write_video(tmp_path / "v.avi", frames=2)
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 40))
+    assert classify_source("0") == "camera"
+    assert classify_source("rtsp://cam.local:554/stream") == "url"
+    assert classify_source("HTTP://host/mjpg") == "url"
+    assert classify_source("nvarguscamerasrc ! video/x-raw(memory:NVMM) ! nvvidconv") == "gstreamer"
+    assert classify_source(str(tmp_path)) == "folder"
+    assert classify_source(str(tmp_path / "a.png")) == "image"
+    assert classify_source(str(video)) == "video"
+    with pytest.raises(HdmeError, match="no such file"):
+        classify_source(str(tmp_path / "missing.mp4"))
+    assert gstreamer_pipeline("v4l2src").endswith("appsink drop=true max-buffers=1 sync=false")
+    assert gstreamer_pipeline("v4l2src ! appsink name=s") == "v4l2src ! appsink name=s"
+    assert parse_size("480x640") == (480, 640)
+    with pytest.raises(HdmeError):
+        parse_size("480by640")
+
+
+def test_run_bad_source_and_bad_sink_are_one_line(onnx_path, tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\x00" * 100)
+    result = CliRunner().invoke(app, ["run", str(junk), "--model", str(onnx_path)])
+    assert isinstance(result.exception, HdmeError) and "not a readable video" in str(result.exception)
+    video = write_video(tmp_path / "v.avi", frames=2)
+    result = CliRunner().invoke(app, ["run", str(video), "--model", str(onnx_path), "--save-video", str(tmp_path / "o.gifv")])
+    assert isinstance(result.exception, HdmeError) and "videos are written as" in str(result.exception)
+    assert threading.active_count() < 10
