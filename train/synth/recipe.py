@@ -1,0 +1,112 @@
+"""Synthesis recipes: everything that decides what the training stream draws, as JSON-able data.
+
+A recipe file (train/configs/*.json, or any JSON path) keeps the synthesis settings under its
+"data" key; other keys belong to the training stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hdme.errors import HdmeError
+from hdme.train.synth.maps import MAP_KINDS, SigmaDistribution
+from hdme.train.synth.noise import NOISE_MODELS
+from hdme.train.synth.render import PSF_SHAPES
+from hdme.train.synth.shuffle import SHUFFLE_MODES
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass
+class SynthRecipe:
+    name: str = "custom"
+    shuffle: str = "full"  # "full" | "rowcol" | "none" (none keeps the source as it is)
+    scene_fraction: float = 0.0  # share of structured scenes; the rest are shuffled-pixel samples
+    maps: dict[str, float] = field(default_factory=lambda: {"patch": 0.2, "gaussian": 0.4, "segment": 0.4})
+    sigma: dict = field(default_factory=lambda: {"kind": "uniform", "max": 10.0})
+    psf: dict[str, float] = field(default_factory=lambda: {"gaussian": 1.0})
+    camera_sigma: list[float] | None = None  # [lo, hi] px: uniform camera blur, label σ = √(σ² + σ_cam²)
+    noise: str = "paper"
+    noise_probability: float = 0.1
+    jpeg_probability: float = 0.0
+    bayer_probability: float = 0.5  # share of camera-noised samples that go through a Bayer mosaic
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.shuffle not in (*SHUFFLE_MODES, "none"):
+            problems.append(f"shuffle must be one of {(*SHUFFLE_MODES, 'none')}")
+        if not self.maps or any(k not in MAP_KINDS or w < 0 for k, w in self.maps.items()) or sum(self.maps.values()) <= 0:
+            problems.append(f"maps must weight some of {MAP_KINDS}")
+        if not self.psf or any(k not in PSF_SHAPES or w < 0 for k, w in self.psf.items()) or sum(self.psf.values()) <= 0:
+            problems.append(f"psf must weight some of {PSF_SHAPES}")
+        if self.noise not in NOISE_MODELS:
+            problems.append(f"noise must be one of {NOISE_MODELS}")
+        for key in ("scene_fraction", "noise_probability", "jpeg_probability", "bayer_probability"):
+            if not 0.0 <= getattr(self, key) <= 1.0:
+                problems.append(f"{key} must be within [0, 1]")
+        if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
+            problems.append("camera_sigma must be [lo, hi] px with 0 ≤ lo ≤ hi < 2")
+        try:
+            self.sigma_distribution()
+        except (TypeError, ValueError) as exc:
+            problems.append(f"sigma: {exc}")
+        if problems:
+            raise HdmeError(f"recipe '{self.name}': " + "; ".join(problems))
+
+    def sigma_distribution(self) -> SigmaDistribution:
+        return SigmaDistribution(**self.sigma)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes) -> "SynthRecipe":
+        return dataclasses.replace(self, **changes)
+
+
+RECIPES: dict[str, SynthRecipe] = {
+    # The paper: shuffled COCO crops, patch / Gaussian-bump / segment maps, Gaussian PSF, σ uniform
+    # on [0, 10], light noise on 10 % of samples.
+    "paper": SynthRecipe(name="paper"),
+    # What the shipped model trains on: shuffled pixels next to structured scenes with thin-lens
+    # depth, non-Gaussian PSFs labelled by their second moment, mostly small σ, the camera's own
+    # blur as a σ floor, and camera noise with JPEG.
+    "hdme": SynthRecipe(
+        name="hdme",
+        scene_fraction=0.6,
+        maps={"patch": 0.25, "gaussian": 0.3, "segment": 0.25, "depth": 0.2},
+        sigma={"kind": "favour_small", "max": 10.0, "small_max": 4.0, "small_prob": 0.65},
+        psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
+        camera_sigma=[0.25, 0.6],
+        noise="camera",
+        noise_probability=0.7,
+        jpeg_probability=0.4,
+    ),
+}
+
+
+def recipe_from_dict(data: dict, name: str) -> SynthRecipe:
+    section = data.get("data", data)
+    fields = {f.name for f in dataclasses.fields(SynthRecipe)}
+    unknown = sorted(set(section) - fields)
+    if unknown:
+        raise HdmeError(f"{name}: unknown recipe keys {unknown} (known: {sorted(fields)})")
+    return SynthRecipe(**{"name": name, **section})
+
+
+def get_recipe(name_or_path: str) -> SynthRecipe:
+    """A preset ('paper', 'hdme') or a JSON file whose "data" key holds the recipe."""
+    if name_or_path in RECIPES:
+        return dataclasses.replace(RECIPES[name_or_path])
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise HdmeError(f"{name_or_path}: neither a recipe name ({', '.join(RECIPES)}) nor a JSON file")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise HdmeError(f"{path}: not a readable JSON recipe ({exc})") from None
+    if not isinstance(data, dict):
+        raise HdmeError(f"{path}: a recipe file holds a JSON object")
+    return recipe_from_dict(data, data.get("data", data).get("name", path.stem))
