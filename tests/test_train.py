@@ -1,0 +1,111 @@
+import csv
+import json
+import os
+import socket
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from hdme.errors import HdmeError  # noqa: E402
+from hdme.train import data as train_data  # noqa: E402
+from hdme.train.trainer import TrainConfig, train  # noqa: E402
+
+TINY = dict(model="hdme-tiny", recipe="paper", batch=2, size=32, val_count=2, val_every=4, ckpt_every=4,
+            log_every=1, workers=0, seed=3)
+
+
+def _losses(run):
+    with open(run / "metrics.csv", newline="") as fh:
+        return [float(r["loss"]) for r in csv.DictReader(fh) if r["loss"]]
+
+
+def test_loss_falls_and_run_folder_is_complete(tmp_path):
+    run = tmp_path / "run"
+    result = train(TrainConfig(out=str(run), steps=24, lr=3e-3, **TINY))
+    losses = _losses(run)
+    assert len(losses) == 24
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    for name in ("config.json", "last.ckpt", "final.safetensors", "final.json", "best.safetensors", "best.json"):
+        assert (run / name).is_file(), name
+    assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
+    card = json.loads((run / "final.json").read_text())
+    assert card["model"] == "hdme-tiny" and card["steps"] == 24 and card["seed"] == 3
+    assert card["recipe"]["name"] == "paper"
+    assert 0 < card["validation"]["mae"] < 1 and card["wall_s"] > 0
+    assert card == result.card
+    assert json.loads((run / "config.json").read_text())["total_steps"] == 24
+    torch.load(run / "last.ckpt", weights_only=True)
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(TrainConfig(out=str(whole), steps=8, **TINY))
+
+    real_batch_at = train_data.SyntheticBatches.batch_at
+
+    def crash_at_step_6(self, step):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_batch_at(self, step)
+
+    monkeypatch.setattr(train_data.SyntheticBatches, "batch_at", crash_at_step_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(broken), steps=8, **TINY))
+    assert torch.load(broken / "last.ckpt", weights_only=True)["step"] == 4
+    monkeypatch.setattr(train_data.SyntheticBatches, "batch_at", real_batch_at)
+    train(TrainConfig(out=str(broken), steps=8, resume=True, **TINY))
+
+    a, b = load_file(whole / "final.safetensors"), load_file(broken / "final.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert _losses(whole) == _losses(broken)
+
+
+def test_time_budget_stops_cleanly(tmp_path):
+    run = tmp_path / "run"
+    result = train(TrainConfig(out=str(run), steps=80000, max_minutes=0.0, **TINY))
+    assert result.card["steps"] == 1
+    assert torch.load(run / "last.ckpt", weights_only=True)["step"] == 1
+
+
+def test_init_and_bad_options(tmp_path):
+    first = train(TrainConfig(out=str(tmp_path / "a"), steps=2, **TINY))
+    second = train(TrainConfig(out=str(tmp_path / "b"), steps=1, lr=0.0, init=str(tmp_path / "a" / "final.safetensors"), **TINY))
+    for key, value in first.model.state_dict().items():
+        if key.endswith("weight") and value.dim() == 4:
+            assert torch.equal(value, second.model.state_dict()[key])
+    with pytest.raises(HdmeError, match="--loss"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, loss="nope", **{k: v for k, v in TINY.items()}))
+    with pytest.raises(HdmeError, match="--epochs needs --data"):
+        train(TrainConfig(out=str(tmp_path / "c"), epochs=1, **TINY))
+    with pytest.raises(HdmeError, match="no checkpoint"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, resume=True, **TINY))
+
+
+def _ddp_worker(rank, world, port, out, weights_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    result = train(TrainConfig(out=out, steps=4, **TINY))
+    save_file({k: v.contiguous() for k, v in result.model.state_dict().items()}, os.path.join(weights_dir, f"rank{rank}.safetensors"))
+
+
+def test_two_process_gloo_ddp_ranks_agree(tmp_path):
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "run"
+    mp.spawn(_ddp_worker, args=(2, port, str(run), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    for key in r0:
+        if "running" not in key and "num_batches" not in key:  # BN statistics stay per rank
+            assert torch.equal(r0[key], r1[key]), key
+    card = json.loads((run / "final.json").read_text())
+    assert card["hardware"]["processes"] == 2 and card["steps"] == 4
+    assert card["train"]["batch"] == 2

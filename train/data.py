@@ -1,0 +1,180 @@
+"""Training batches: the synthetic stream (on the training device) or image/defocus pairs on disk.
+
+Every batch is a pair (image [B,3,S,S] RGB float 0..1, σ [B,1,S,S] px). Randomness is derived
+from (seed, rank, step) or (seed, epoch, index) rather than carried in hidden state, so a resumed
+run draws exactly the batches the uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from hdme.conventions import load_sigma_map
+from hdme.errors import HdmeError
+from hdme.images import list_images, read_image
+from hdme.metrics import map_metrics, mean_metrics
+
+VAL_SEED = 20240601  # the fixed validation split never depends on the run's seed
+MAP_SUFFIXES = (".png", ".npy")
+
+
+def _mix(*parts: int) -> int:
+    """A 63-bit seed from integers (SplitMix-style), so nearby (seed, rank, k) never collide."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = (h ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+class SyntheticBatches:
+    """Batches from ``SyntheticStream``: the batch of step t comes from a stream seeded with
+    (seed, rank, t), so every rank draws different data and a resumed run needs no stream state.
+    Opening a stream costs two generator seedings; the image sources are loaded once."""
+
+    def __init__(self, recipe: Any, size: int, batch: int, seed: int, rank: int = 0,
+                 device: str | torch.device = "cpu", sources: Any = None):
+        from hdme.train.synth.sources import as_source
+
+        self.recipe, self.size, self.batch, self.seed, self.rank = recipe, size, batch, seed, rank
+        self.device = device
+        self.source = as_source(sources)
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from hdme.train.synth import SyntheticStream
+
+        stream = SyntheticStream(self.recipe, self.size, self.batch, _mix(self.seed, self.rank, step),
+                                 device=self.device, sources=self.source)
+        return stream.next_batch()
+
+
+def synthetic_split(recipe: Any, size: int, count: int, seed: int = VAL_SEED, batch: int = 16,
+                    sources: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed synthetic set (images, σ px) on the CPU, generated once."""
+    from hdme.train.synth import SyntheticStream
+
+    stream = SyntheticStream(recipe, size, min(batch, count), seed, device="cpu", sources=sources)
+    images, sigmas = [], []
+    while sum(len(x) for x in images) < count:
+        image, sigma = stream.next_batch()
+        images.append(image.cpu())
+        sigmas.append(sigma.cpu())
+    return torch.cat(images)[:count], torch.cat(sigmas)[:count]
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, images: torch.Tensor, sigmas: torch.Tensor, device: torch.device,
+             batch: int = 16, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+    """Mean per-image ``map_metrics`` of the model's σ (output × 10) against the truth."""
+    from hdme.conventions import SIGMA_SCALE
+
+    was_training = model.training
+    model.eval()
+    rows = []
+    try:
+        for i in range(0, len(images), batch):
+            x = images[i : i + batch].to(device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = model(x)
+            pred = out.float().cpu().numpy()[:, 0] * SIGMA_SCALE
+            truth = sigmas[i : i + batch].numpy()[:, 0]
+            rows += [map_metrics(p, t) for p, t in zip(pred, truth)]
+    finally:
+        model.train(was_training)
+    return mean_metrics(rows)
+
+
+def find_pairs(root: str | Path) -> list[tuple[Path, Path]]:
+    """(image, σ map) pairs of ``root/image`` and ``root/defocus`` (16-bit PNG ×1000 or .npy),
+    the layout ``hdme data make`` writes per split."""
+    root = Path(root)
+    image_dir, map_dir = root / "image", root / "defocus"
+    if not image_dir.is_dir() or not map_dir.is_dir():
+        raise HdmeError(f"{root}: expected image/ and defocus/ folders (or train/ with them inside)")
+    pairs = []
+    for img in list_images(image_dir):
+        for suffix in MAP_SUFFIXES:
+            target = map_dir / f"{img.stem}{suffix}"
+            if target.is_file():
+                pairs.append((img, target))
+                break
+    if not pairs:
+        raise HdmeError(f"{root}: no image/defocus pairs with matching names")
+    return pairs
+
+
+class PairDataset(Dataset):
+    """Random ``size``² crops with flips of image/σ pairs; crop and flips depend on (seed, epoch,
+    index) only. Images smaller than the crop are reflect-padded."""
+
+    def __init__(self, root: str | Path, size: int, seed: int = 0):
+        self.pairs = find_pairs(root)
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        img_path, map_path = self.pairs[index]
+        image = read_image(img_path)
+        sigma = load_sigma_map(map_path)
+        if sigma.shape != image.shape[:2]:
+            raise HdmeError(f"{map_path}: map is {sigma.shape[1]}x{sigma.shape[0]}, image is {image.shape[1]}x{image.shape[0]}")
+        rng = np.random.default_rng(_mix(self.seed, self.epoch, index))
+        s = self.size
+        pad_h, pad_w = max(0, s - image.shape[0]), max(0, s - image.shape[1])
+        if pad_h or pad_w:
+            image = np.pad(image, ((0, pad_h), (0, pad_w), (0, 0)), mode="reflect")
+            sigma = np.pad(sigma, ((0, pad_h), (0, pad_w)), mode="reflect")
+        y = int(rng.integers(0, image.shape[0] - s + 1))
+        x = int(rng.integers(0, image.shape[1] - s + 1))
+        image, sigma = image[y : y + s, x : x + s], sigma[y : y + s, x : x + s]
+        if rng.random() < 0.5:
+            image, sigma = image[:, ::-1], sigma[:, ::-1]
+        if rng.random() < 0.5:
+            image, sigma = image[::-1], sigma[::-1]
+        image_t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0
+        sigma_t = torch.from_numpy(np.ascontiguousarray(sigma, dtype=np.float32))[None]
+        return image_t, sigma_t
+
+
+class PairBatches:
+    """Epochs over a ``PairDataset`` through a ``DistributedSampler`` (one replica without DDP)."""
+
+    def __init__(self, root: str | Path, size: int, batch: int, seed: int, rank: int = 0, world: int = 1,
+                 workers: int = 0):
+        self.dataset = PairDataset(root, size, seed)
+        self.sampler = DistributedSampler(self.dataset, num_replicas=world, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=True)
+        self.batch = batch
+        self.workers = workers
+        self.steps_per_epoch = len(self.sampler) // batch
+        if self.steps_per_epoch == 0:
+            raise HdmeError(f"{root}: {len(self.dataset)} pairs are fewer than one batch of {batch} per process")
+        self._iter: Iterator | None = None
+        self._step: int | None = None
+
+    def _open(self, step: int) -> None:
+        epoch, skip = divmod(step, self.steps_per_epoch)
+        self.sampler.set_epoch(epoch)
+        self.dataset.epoch = epoch
+        indices = list(self.sampler)[skip * self.batch : self.steps_per_epoch * self.batch]
+        loader = DataLoader(torch.utils.data.Subset(self.dataset, indices), batch_size=self.batch,
+                            num_workers=self.workers, drop_last=True)
+        self._iter = iter(loader)
+        self._step = step
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._step != step or step % self.steps_per_epoch == 0:
+            self._open(step)
+        image, sigma = next(self._iter)
+        self._step = step + 1
+        return image, sigma
+
