@@ -71,7 +71,7 @@ class Method:
     def label(self) -> str:
         if self.method == "zhuo-sim":
             return "Zhuo–Sim (2011)"
-        return f"{self.model or 'default'} · {self.backend} · {self.precision}"
+        return f"{Path(self.model).name if self.model else 'default'} · {self.backend} · {self.precision}"
 
 
 @dataclass
@@ -129,8 +129,11 @@ def _builder(method: str, model: str | None, backend: str, max_side: int | None)
 
 
 def _describe_backend(predictor: SigmaPredictor, method: Method) -> None:
-    """After loading, name the backend and precision ``auto`` actually chose."""
+    """After loading, name the backend, precision and model file that ``auto`` and the default chose."""
     backend = getattr(predictor, "backend", None)
+    model_path = getattr(backend, "model_path", None)
+    if method.model is None and model_path is not None:
+        method.model = str(model_path)
     name = getattr(backend, "name", None)
     if isinstance(name, str) and name:
         method.backend = name

@@ -70,13 +70,19 @@ def load_results(paths: Iterable[str | os.PathLike]) -> tuple[dict | None, list[
 def _merge(into: dict | None, doc: dict, source: str) -> dict:
     if into is None:
         return doc
+    # A dataset evaluated on other images than the one of the same name already merged is another column.
+    renamed = {}
+    for name, info in doc["datasets"].items():
+        known = into["datasets"].get(name)
+        if known is not None and [i["name"] for i in known["images"]] != [i["name"] for i in info["images"]]:
+            renamed[name] = f"{name} ({source})"
+        into["datasets"].setdefault(renamed.get(name, name), info)
     labels = {r["label"] for r in into["runs"]}
     for run in doc["runs"]:
+        run = {**run, "datasets": {renamed.get(k, k): v for k, v in run["datasets"].items()}}
         if run["label"] in labels:
-            run = {**run, "label": f"{run['label']} ({source})"}
+            run["label"] = f"{run['label']} ({source})"
         into["runs"].append(run)
-    for name, info in doc["datasets"].items():
-        into["datasets"].setdefault(name, info)
     into["skipped_datasets"].update(doc.get("skipped_datasets", {}))
     into["skipped_methods"].update(doc.get("skipped_methods", {}))
     return into
