@@ -72,6 +72,13 @@ def test_two_accuracy_files_merge_with_distinct_labels(accuracy_json, tmp_path):
     merged, latency, _ = load_results([accuracy_json, other])
     labels = [r["label"] for r in merged["runs"]]
     assert len(labels) == 4 and len(set(labels)) == 4 and not latency
+    assert all(set(r["datasets"]) == set(merged["datasets"]) for r in merged["runs"])
+    # the same dataset name over other images becomes a column of its own
+    doc = json.loads(accuracy_json.read_text())
+    doc["datasets"]["set"]["images"] = doc["datasets"]["set"]["images"][:1]
+    other.write_text(json.dumps(doc))
+    merged, _, _ = load_results([accuracy_json, other])
+    assert "set (other)" in merged["datasets"] and "set (other)" in merged["runs"][-1]["datasets"]
 
 
 def test_unusable_inputs_are_one_line(tmp_path):
