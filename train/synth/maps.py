@@ -95,7 +95,7 @@ def superpixel_labels(image: torch.Tensor, rng: np.random.Generator, regions: tu
     64-px thumbnail, then every full-resolution pixel takes its nearest centre. Returns long [H,W]."""
     _, h, w = image.shape
     k = int(rng.integers(regions[0], regions[1] + 1))
-    compact = float(rng.uniform(0.5, 2.0))  # weight of position against colour: rounder or more colour-led segments
+    compact = float(rng.uniform(0.2, 1.0))  # weight of position against colour: rounder or more colour-led segments
 
     def features(img: torch.Tensor) -> torch.Tensor:
         hh, ww = img.shape[-2:]

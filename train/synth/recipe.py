@@ -33,6 +33,7 @@ class SynthRecipe:
     noise_probability: float = 0.1
     jpeg_probability: float = 0.0
     bayer_probability: float = 0.5  # share of camera-noised samples that go through a Bayer mosaic
+    render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (speed vs exactness)
 
     def __post_init__(self) -> None:
         problems = []
@@ -47,6 +48,8 @@ class SynthRecipe:
         for key in ("scene_fraction", "noise_probability", "jpeg_probability", "bayer_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
+        if not 0.0 < self.render_error_8bit <= 8.0:
+            problems.append("render_error_8bit must be within (0, 8]")
         if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
             problems.append("camera_sigma must be [lo, hi] px with 0 ≤ lo ≤ hi < 2")
         try:

@@ -19,9 +19,10 @@ import torch.nn.functional as F
 from hdme.conventions import SIGMA_MAX
 
 PSF_SHAPES = ("gaussian", "disc", "mixture")
-# Bound on ½‖two-level mixture − exact kernel‖₁ used to place the Gaussian levels: for any image in
-# [0, 1] the layered render then stays within 1/255 of a per-pixel brute-force scatter.
-GRID_TOLERANCE = 1.0 / 255.0
+# The σ grid is placed so that ‖two-level mixture − exact Gaussian kernel‖₁ ≤ max_error for every
+# σ: then for any image in [0, 1] and any σ map the render is within about max_error of a per-pixel
+# brute-force scatter (a constant map would allow twice that, as a kernel difference sums to zero).
+MAX_RENDER_ERROR = 1.0 / 255.0
 _MIXTURE_GAUSS_FRACTION = 0.5  # soft disc: σ_gauss = 0.5·σ, σ_disc = √(1 − 0.25)·σ
 
 
@@ -86,9 +87,9 @@ def psf_kernel(shape: str, sigma: float) -> np.ndarray:
     if shape == "disc":
         return disc_kernel(sigma)
     if shape == "mixture":
-        gauss_sigma = _MIXTURE_GAUSS_FRACTION * sigma
-        disc = disc_kernel(float(np.sqrt(max(sigma * sigma - gauss_sigma * gauss_sigma, 0.0))))
-        gauss = gaussian_kernel(gauss_sigma)
+        gauss = gaussian_kernel(_MIXTURE_GAUSS_FRACTION * sigma)
+        # second moments add under convolution; a small sampled Gaussian has less than its nominal σ²
+        disc = disc_kernel(float(np.sqrt(max(sigma * sigma - second_moment_sigma(gauss) ** 2, 0.0))))
         size = disc.shape[0] + gauss.shape[0] - 1
         out = np.zeros((size, size))
         g = gauss.shape[0]
@@ -104,15 +105,15 @@ def _interpolation_error(lo: float, hi: float, sigma: float) -> float:
     k_lo, k_hi, k = gaussian_kernel(lo), gaussian_kernel(hi), gaussian_kernel(sigma)
     n = max(k_lo.shape[0], k_hi.shape[0], k.shape[0])
     pad = lambda a: np.pad(a, (n - a.shape[0]) // 2)  # noqa: E731 - local helper on centred kernels
-    return 0.5 * float(np.abs((1 - w) * pad(k_lo) + w * pad(k_hi) - pad(k)).sum())
+    return float(np.abs((1 - w) * pad(k_lo) + w * pad(k_hi) - pad(k)).sum())
 
 
 @functools.lru_cache(maxsize=None)
-def sigma_levels(tolerance: float = GRID_TOLERANCE, sigma_max: float = SIGMA_MAX) -> tuple[float, ...]:
+def sigma_levels(max_error: float = MAX_RENDER_ERROR, sigma_max: float = SIGMA_MAX) -> tuple[float, ...]:
     """σ grid from 0 to ``sigma_max``: each next level is as far as the interpolation error allows."""
 
     def within(lo: float, hi: float) -> bool:
-        return max(_interpolation_error(lo, hi, s) for s in np.linspace(lo, hi, 10)[1:-1]) <= tolerance
+        return max(_interpolation_error(lo, hi, s) for s in np.linspace(lo, hi, 18)[1:-1]) <= max_error
 
     levels = [0.0]
     while levels[-1] < sigma_max:
@@ -162,12 +163,13 @@ def render_defocus(
     sigma: torch.Tensor,
     psf: str | list[str] = "gaussian",
     camera_sigma: torch.Tensor | None = None,
-    levels: tuple[float, ...] | None = None,
+    max_error: float = MAX_RENDER_ERROR,
 ) -> torch.Tensor:
     """Blur ``sharp`` [B,3,H,W] (0..1) with the per-pixel σ map ``sigma`` [B,1,H,W] (px) by scatter.
 
     ``psf`` is one shape for the batch or one per sample. ``camera_sigma`` [B] adds a uniform
     Gaussian blur after the scatter (the camera's own blur; its σ adds in quadrature to σ).
+    ``max_error`` bounds the layering error of the Gaussian PSF (fewer levels, faster, when larger).
     """
     if sharp.dim() != 4 or sigma.dim() != 4 or sigma.shape[1] != 1 or sigma.shape[-2:] != sharp.shape[-2:]:
         raise ValueError(f"expected sharp [B,C,H,W] and sigma [B,1,H,W], got {tuple(sharp.shape)} and {tuple(sigma.shape)}")
@@ -175,7 +177,7 @@ def render_defocus(
     shapes = [psf] * b if isinstance(psf, str) else list(psf)
     if len(shapes) != b or any(s not in PSF_SHAPES for s in shapes):
         raise ValueError(f"psf must be one of {PSF_SHAPES} or a list of {b} of them, got {psf!r}")
-    levels = levels or sigma_levels()
+    levels = sigma_levels(float(max_error))
     level_var = torch.tensor([s * s for s in levels], dtype=torch.float32, device=sharp.device)
 
     var = sigma.clamp(0.0, levels[-1]).square()

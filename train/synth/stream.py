@@ -72,7 +72,7 @@ def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         cam = camera_sigma[:, None, None, None]
         # keep the label inside the trained range: √(σ² + σ_cam²) ≤ σ_max
         sigma = torch.minimum(sigma, (dist.max**2 - cam**2).sqrt())
-    image = render_defocus(sharp, sigma, psf=psf, camera_sigma=camera_sigma)
+    image = render_defocus(sharp, sigma, psf=psf, camera_sigma=camera_sigma, max_error=recipe.render_error_8bit / 255.0)
     if camera_sigma is not None:
         sigma = (sigma.square() + camera_sigma[:, None, None, None].square()).sqrt()
     image = apply_noise(image, recipe.noise, rng, generator, recipe.noise_probability, recipe.jpeg_probability,

@@ -1,0 +1,82 @@
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hdme.train.synth import render_defocus
+from hdme.train.synth.render import PSF_SHAPES, psf_kernel, second_moment_sigma, sigma_levels
+from synth_reference import scatter_render
+
+
+def _to_torch(img: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None]
+
+
+def _to_numpy(img: torch.Tensor) -> np.ndarray:
+    return img[0].permute(1, 2, 0).double().numpy()
+
+
+def test_render_matches_a_brute_force_scatter(rng):
+    n = 36
+    sharp = rng.random((n, n, 3))  # white noise: the hardest case for a layered approximation
+    yy, xx = np.mgrid[0:n, 0:n]
+    sigma = 2.0 * (1.0 + np.sin(xx / 4.0) * np.cos(yy / 5.0))
+    sigma[:, :6] = 0.0  # in-focus band and σ between 0 and the first level
+    sigma[:6] = rng.uniform(0.0, 0.6, (6, n))
+    out = render_defocus(_to_torch(sharp), torch.from_numpy(sigma.astype(np.float32))[None, None])
+    ref = scatter_render(sharp, sigma, pad=n - 1)
+    assert np.abs(_to_numpy(out) - ref).max() <= 1.0 / 255.0
+
+
+@pytest.mark.parametrize("sigma", [0.3, 0.8, 1.7, 3.3, 6.0])
+def test_constant_map_is_an_opencv_gaussian_blur(rng, sigma):
+    img = rng.random((48, 40, 3)).astype(np.float32)
+    out = render_defocus(_to_torch(img), torch.full((1, 1, 48, 40), sigma))
+    ref = cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(_to_numpy(out) - ref).max() <= 1.0 / 255.0
+
+
+def test_camera_blur_adds_in_quadrature(rng):
+    img = rng.random((48, 48, 3)).astype(np.float32)
+    out = render_defocus(_to_torch(img), torch.full((1, 1, 48, 48), 2.0), camera_sigma=torch.tensor([0.6]))
+    ref = cv2.GaussianBlur(img, (0, 0), float(np.hypot(2.0, 0.6)), borderType=cv2.BORDER_REFLECT_101)
+    assert np.abs(_to_numpy(out) - ref)[8:-8, 8:-8].max() <= 1.0 / 255.0
+
+
+@pytest.mark.parametrize("sigma", [0.8, 1.5, 3.0, 7.5])
+def test_non_gaussian_psfs_are_labelled_by_their_second_moment(sigma):
+    for shape in PSF_SHAPES:
+        k = psf_kernel(shape, sigma)
+        assert k.sum() == pytest.approx(1.0)
+        assert second_moment_sigma(k) == pytest.approx(sigma, rel=0.02)
+    disc = psf_kernel("disc", sigma)
+    r = disc.shape[0] // 2
+    # a disc, not a Gaussian: its support ends near radius 2σ
+    assert r <= 2 * sigma + 2 and disc[r, r] > 0 and disc[0, 0] == 0
+
+
+@pytest.mark.parametrize("shape", PSF_SHAPES)
+def test_an_impulse_spreads_with_unit_mass_and_the_labelled_second_moment(shape):
+    impulse = torch.zeros(1, 3, 64, 64)
+    impulse[..., 32, 32] = 1.0
+    for sigma in (1.3, 2.9, 5.2):  # between grid levels: the two-level mixture keeps σ²
+        out = render_defocus(impulse, torch.full((1, 1, 64, 64), sigma), psf=shape)[0, 0].double().numpy()
+        assert out.sum() == pytest.approx(1.0, abs=1e-4)
+        x = np.arange(64) - 32
+        assert np.sqrt((out.sum(axis=0) * x * x).sum()) == pytest.approx(sigma, rel=0.01)
+
+
+def test_psf_per_sample(rng):
+    img = torch.from_numpy(rng.random((2, 3, 40, 40)).astype(np.float32))
+    sigma = torch.from_numpy(rng.uniform(0, 6, (2, 1, 40, 40)).astype(np.float32))
+    mixed = render_defocus(img, sigma, psf=["disc", "gaussian"])
+    alone = render_defocus(img[1:], sigma[1:], psf="gaussian")
+    assert torch.allclose(mixed[1:], alone, atol=1e-5)
+    assert not torch.allclose(mixed[:1], render_defocus(img[:1], sigma[:1], psf="gaussian"), atol=1e-3)
+    with pytest.raises(ValueError):
+        render_defocus(img, sigma, psf="square")
+
+
+def test_level_grid_spans_zero_to_ten():
+    levels = sigma_levels()
+    assert levels[0] == 0.0 and levels[-1] == 10.0 and list(levels) == sorted(levels)
