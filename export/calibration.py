@@ -1,0 +1,123 @@
+"""Calibration images for INT8: a folder of images (calib_data/ holds COCO_shuffle crops) turned
+into network inputs exactly as the runtime prepares frames (RGB, /255, NCHW float32), at one fixed
+size, plus the hash that identifies the set in engine sidecars and calibration caches."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from hdme.errors import HdmeError
+from hdme.images import list_images, read_image
+from hdme.io import write_bytes
+
+CALIB_SIZE = (256, 256)  # H, W: the size of the COCO_shuffle crops in calib_data/
+CACHE_MAGIC = b"hdme-calibration-cache v1 "
+
+
+def image_to_input(rgb: np.ndarray) -> np.ndarray:
+    """RGB uint8 H×W×3 → float32 3×H×W in [0, 1], the network's input layout."""
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+
+
+def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop to ``size`` (H, W); resize only images too small to crop.
+
+    Cropping keeps the pixel statistics of the shuffled crops: resampling a shuffled image would
+    blur it, and the activation ranges calibrated on it would not be those the network sees."""
+    h, w = size
+    ih, iw = rgb.shape[:2]
+    if ih < h or iw < w:
+        scale = max(h / ih, w / iw)
+        rgb = cv2.resize(rgb, (max(w, round(iw * scale)), max(h, round(ih * scale))), interpolation=cv2.INTER_LINEAR)
+        ih, iw = rgb.shape[:2]
+    top, left = (ih - h) // 2, (iw - w) // 2
+    return rgb[top : top + h, left : left + w]
+
+
+class CalibrationSet:
+    """The first ``count`` images (sorted by path) of ``folder`` as network inputs of ``size``."""
+
+    def __init__(self, folder: str | os.PathLike, size: tuple[int, int] = CALIB_SIZE, count: int | None = None):
+        self.folder = Path(folder)
+        if not self.folder.is_dir():
+            raise HdmeError(f"{self.folder}: calibration folder not found")
+        paths = list_images(self.folder)
+        if not paths:
+            raise HdmeError(f"{self.folder}: no calibration images (png/jpg) in this folder")
+        if count is not None:
+            if count < 1:
+                raise HdmeError(f"calibration count must be at least 1, not {count}")
+            paths = paths[:count]
+        self.paths = paths
+        self.size = (int(size[0]), int(size[1]))
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def load(self, index: int) -> np.ndarray:
+        return image_to_input(fit_to_size(read_image(self.paths[index]), self.size))
+
+    def batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Full batches [B, 3, H, W] in order; a last partial batch is dropped, because a TensorRT
+        calibrator feeds a fixed batch shape and a short one would reuse stale device memory."""
+        if batch_size < 1:
+            raise HdmeError(f"calibration batch size must be at least 1, not {batch_size}")
+        if batch_size > len(self):
+            raise HdmeError(f"{self.folder}: {len(self)} calibration images, fewer than one batch of {batch_size}")
+        for start in range(0, len(self) - batch_size + 1, batch_size):
+            yield np.stack([self.load(i) for i in range(start, start + batch_size)])
+
+    @property
+    def sha256(self) -> str:
+        """Hash of the names and bytes of the images used, and of the input size."""
+        digest = hashlib.sha256(f"{self.size[0]}x{self.size[1]}\n".encode())
+        for path in self.paths:
+            digest.update(path.relative_to(self.folder).as_posix().encode() + b"\n")
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+        return digest.hexdigest()
+
+
+def read_calibration_cache(path: str | os.PathLike, calib_sha256: str) -> bytes | None:
+    """The TensorRT calibration table stored in ``path`` if it was computed on the same set,
+    else None (a table from other images would silently give other scales)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    data = path.read_bytes()
+    header, _, table = data.partition(b"\n")
+    if header != CACHE_MAGIC + calib_sha256.encode() or not table:
+        return None
+    return table
+
+
+def write_calibration_cache(path: str | os.PathLike, table: bytes, calib_sha256: str) -> None:
+    write_bytes(path, CACHE_MAGIC + calib_sha256.encode() + b"\n" + bytes(table))
+
+
+def ort_calibration_reader(calib: CalibrationSet, input_name: str, progress=None):
+    """An onnxruntime CalibrationDataReader feeding ``calib`` one image at a time."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self.index = 0
+
+        def get_next(self):
+            if self.index >= len(calib):
+                return None
+            x = calib.load(self.index)[None]
+            self.index += 1
+            if progress is not None:
+                progress()
+            return {input_name: x}
+
+        def rewind(self) -> None:
+            self.index = 0
+
+    return _Reader()

@@ -1,0 +1,152 @@
+import json
+
+import numpy as np
+import pytest
+from export_support import SIZE, calib_dir, heldout, tiny_export  # noqa: F401 (fixtures)
+from typer.testing import CliRunner
+
+from hdme.cli import app
+
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, numpy_helper  # noqa: E402
+
+FP16_MAE_BOUND = 0.0005  # σ/10, increase over FP32
+INT8_MAE_BOUND = 0.003
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_export, calib_dir):
+    from hdme.export.calibration import CalibrationSet
+    from hdme.export.quantize import convert_fp16, default_output, quantize_int8
+
+    folder, result, _ = tiny_export
+    calib = CalibrationSet(calib_dir, size=(SIZE, SIZE))
+    paths = {
+        "fp16": default_output(result.path, "fp16"),
+        "int8": default_output(result.path, "int8", "tensorrt"),
+        "int8-cpu": default_output(result.path, "int8", "cpu"),
+    }
+    convert_fp16(result.path, paths["fp16"])
+    quantize_int8(result.path, paths["int8"], calib, target="tensorrt")
+    quantize_int8(result.path, paths["int8-cpu"], calib, target="cpu")
+    return result.path, paths, calib
+
+
+def test_default_names(quantized):
+    fp32, paths, _ = quantized
+    assert [p.name for p in paths.values()] == ["hdme-tiny.fp16.onnx", "hdme-tiny.int8.onnx", "hdme-tiny.int8-cpu.onnx"]
+
+
+def test_accuracy_within_bounds(quantized, heldout):
+    from hdme.export.evaluate import accuracy_table
+
+    fp32, paths, _ = quantized
+    rows = {r["model"]: r for r in accuracy_table(fp32, paths, heldout)}
+    assert rows["fp32"]["mean_diff_px"] == 0.0
+    assert rows["fp16"]["mae_increase"] <= FP16_MAE_BOUND
+    assert 0.0 < rows["fp16"]["mean_diff_px"] < 0.01
+    for name in ("int8", "int8-cpu"):
+        assert rows[name]["mae_increase"] <= INT8_MAE_BOUND, rows[name]
+        # INT8 changes the output, but within a fraction of a pixel on average.
+        assert 0.0 < rows[name]["mean_diff_px"] < 0.5, rows[name]
+    assert 0.0 <= rows["int8"]["d1"] <= 1.0
+
+
+def _initializers(model):
+    return {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+
+
+def test_tensorrt_int8_is_symmetric_signed_with_zero_points_0(quantized):
+    _, paths, _ = quantized
+    model = onnx.load(str(paths["int8"]))
+    inits = _initializers(model)
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert len(qdq) > 20
+    per_channel = 0
+    for node in qdq:
+        assert len(node.input) == 3, f"{node.name} has no explicit zero point"
+        zero_point = inits[node.input[2]]
+        assert zero_point.dtype == np.int8, f"{node.name}: {zero_point.dtype}"
+        assert not zero_point.any(), f"{node.name}: zero point {zero_point}"
+        per_channel += int(zero_point.size > 1)
+    assert per_channel > 0  # per-channel weights
+    # Every Conv weight arrives through a DequantizeLinear of an int8 tensor, except in the float head.
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    for conv in (n for n in model.graph.node if n.op_type == "Conv"):
+        source = produced_by.get(conv.input[1])
+        if conv.name.startswith(("/up.", "/out/")):
+            assert source is None, f"head conv {conv.name} should stay float"
+        else:
+            assert source is not None and source.op_type == "DequantizeLinear", conv.name
+            assert inits[source.input[0]].dtype == np.int8
+    assert not any(init.data_type == TensorProto.INT32 and name.endswith("_quantized") for name, init in
+                   ((i.name, i) for i in model.graph.initializer)), "biases must stay float for TensorRT"
+
+
+def test_cpu_int8_has_unsigned_activations_and_signed_weights(quantized):
+    _, paths, _ = quantized
+    model = onnx.load(str(paths["int8-cpu"]))
+    inits = _initializers(model)
+    activation_zero_points = {inits[n.input[2]].dtype for n in model.graph.node if n.op_type == "QuantizeLinear"}
+    assert activation_zero_points == {np.dtype(np.uint8)}
+    weights = {inits[n.input[0]].dtype for n in model.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+    assert weights == {np.dtype(np.int8)}
+
+
+def test_calibration_methods_give_different_ranges(quantized, tmp_path):
+    from hdme.export.quantize import quantize_int8
+
+    fp32, _, calib = quantized
+
+    def scales(path):
+        model = onnx.load(str(path))
+        inits = _initializers(model)
+        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
+                if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1}
+
+    quantize_int8(fp32, tmp_path / "max.onnx", calib, method="max")
+    # Percentile shares the histogram path of entropy (which is too slow for a unit test).
+    quantize_int8(fp32, tmp_path / "percentile.onnx", calib, method="percentile")
+    by_max, by_percentile = scales(tmp_path / "max.onnx"), scales(tmp_path / "percentile.onnx")
+    assert by_max.keys() == by_percentile.keys()
+    # The histogram methods clip outliers: no range wider than max's, and some strictly narrower.
+    assert all(by_percentile[k] <= by_max[k] * (1 + 1e-3) for k in by_max)
+    assert any(by_percentile[k] < by_max[k] * 0.99 for k in by_max)
+
+
+def test_head_can_be_quantised_too(quantized, tmp_path):
+    from hdme.export.quantize import head_nodes, quantize_int8
+
+    fp32, _, calib = quantized
+    head = head_nodes(onnx.load(str(fp32)))
+    assert "/out/Conv" in head and any(n.startswith("/up.") for n in head)
+    quantize_int8(fp32, tmp_path / "all.onnx", calib, keep_head=False)
+    model = onnx.load(str(tmp_path / "all.onnx"))
+    produced_by = {o: n for n in model.graph.node for o in n.output}
+    out_conv = next(n for n in model.graph.node if n.op_type == "Conv" and n.name.startswith("/out/"))
+    assert produced_by[out_conv.input[1]].op_type == "DequantizeLinear"
+
+
+def test_cli_quantize_writes_model_and_accuracy_json(quantized, tmp_path):
+    import cv2
+
+    from hdme.conventions import save_sigma_map
+
+    fp32, _, _ = quantized
+    # A held-out folder (images + σ maps), as used where torch is absent.
+    heldout_dir = tmp_path / "heldout"
+    heldout_dir.mkdir()
+    rng = np.random.default_rng(3)
+    for i in range(2):
+        cv2.imwrite(str(heldout_dir / f"s{i}.png"), rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+        save_sigma_map(heldout_dir / f"s{i}.npy", rng.uniform(0, 5, (SIZE, SIZE)).astype(np.float32))
+    out = tmp_path / "cli.fp16.onnx"
+    result = CliRunner().invoke(app, ["export", "quantize", str(fp32), "--precision", "fp16", "--out", str(out),
+                                      "--eval", str(heldout_dir)])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "cli.fp16.json").read_text())
+    assert report["precision"] == "fp16" and report["heldout"].startswith("folder")
+    assert [r["model"] for r in report["rows"]] == ["fp32", "fp16"]
+    assert report["rows"][1]["max_diff_px"] > 0.0
+    again = CliRunner().invoke(app, ["export", "quantize", str(out), "--precision", "int8"])
+    assert "already fp16" in str(again.exception)
