@@ -1,0 +1,95 @@
+import pytest
+
+from hdme.errors import HdmeError
+from hdme.export.sidecar import write_sidecar
+from hdme.export.triton import config_text, write_repository
+from hdme.export.triton_schema import parse_config
+
+onnx = pytest.importorskip("onnx")
+
+
+def _tiny_onnx(path, batch="N", height="H"):
+    """A minimal hdme-shaped ONNX model: 'image' [N,3,H,W] → 'sigma' [N,1,H,W]."""
+    from onnx import TensorProto, helper, numpy_helper
+    import numpy as np
+
+    weight = numpy_helper.from_array(np.full((1, 3, 1, 1), 1 / 3, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["sigma"])],
+        "tiny",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [batch, 3, height, "W"])],
+        [helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [batch, 1, height, "W"])],
+        [weight],
+    )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def test_onnx_repository_passes_the_schema(tmp_path):
+    model = _tiny_onnx(tmp_path / "hdme-tiny.int8.onnx")
+    entry = write_repository(model, tmp_path / "repo", max_batch=4, instances=2)
+    assert entry == tmp_path / "repo" / "hdme-tiny"
+    assert (entry / "1" / "model.onnx").read_bytes() == model.read_bytes()
+    config = parse_config((entry / "config.pbtxt").read_text())
+    assert config.name == "hdme-tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
+    assert [(t.name, list(t.dims)) for t in config.input] == [("image", [3, -1, -1])]
+    assert [(t.name, list(t.dims)) for t in config.output] == [("sigma", [1, -1, -1])]
+    assert config.HasField("dynamic_batching") and config.instance_group[0].count == 2
+    # Writing again replaces the entry and leaves no staging folders behind.
+    write_repository(model, tmp_path / "repo", max_batch=2)
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["hdme-tiny"]
+    assert parse_config((entry / "config.pbtxt").read_text()).max_batch_size == 2
+
+
+def test_static_onnx_is_served_without_batching(tmp_path):
+    model = _tiny_onnx(tmp_path / "fixed.onnx", batch=1, height=256)
+    config = parse_config((write_repository(model, tmp_path / "repo") / "config.pbtxt").read_text())
+    assert config.max_batch_size == 0 and not config.HasField("dynamic_batching")
+    assert list(config.input[0].dims) == [1, 3, 256, -1]
+
+
+def test_engine_repository_uses_the_sidecar_profile(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"serialized engine")
+    write_sidecar(engine, {
+        "tensorrt_version": "10.9.0", "gpu_name": "GPU", "compute_capability": "8.7", "precision": "fp16",
+        "profile": {"min": [1, 3, 256, 256], "opt": [2, 3, 480, 640], "max": [4, 3, 720, 1280]},
+        "onnx_sha256": "0" * 64, "calib_sha256": None, "hdme_version": "0.1.0",
+    })
+    entry = write_repository(engine, tmp_path / "repo", name="defocus", max_batch=4)
+    config = parse_config((entry / "config.pbtxt").read_text())
+    assert config.platform == "tensorrt_plan" and (entry / "1" / "model.plan").is_file()
+    assert config.instance_group[0].kind == 1  # KIND_GPU
+    with pytest.raises(HdmeError, match="largest batch 4"):
+        write_repository(engine, tmp_path / "repo", max_batch=8)
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda t: t.replace("max_batch_size: 4", 'max_batch_size: "4"'), "integer"),
+        (lambda t: t.replace("max_batch_size", "max_batch"), "no field named"),
+        (lambda t: t.replace("TYPE_FP32", "TYPE_FLOAT32", 1), "no value named"),
+        (lambda t: t.replace("dims: [ 3, -1, -1 ]", "dims: [ 3, 0, -1 ]"), "must be -1 or positive"),
+        (lambda t: t.replace("onnxruntime_onnx", "pytorch_libtorch"), "platform"),
+        (lambda t: t.replace("max_batch_size: 4", "max_batch_size: 0"), "dynamic_batching needs"),
+        (lambda t: t + "sequence_batching { }\n", "no field named"),
+    ],
+)
+def test_schema_rejects_wrong_fields_and_types(edit, message):
+    good = config_text("m", "onnxruntime_onnx", 4, [3, None, None], 1)
+    parse_config(good)
+    with pytest.raises(HdmeError, match=message):
+        parse_config(edit(good))
+
+
+def test_wrong_model_kind_is_refused(tmp_path):
+    weights = tmp_path / "m.safetensors"
+    weights.write_bytes(b"{}")
+    with pytest.raises(HdmeError, match="serves .onnx or .engine"):
+        write_repository(weights, tmp_path / "repo")
+    engine = tmp_path / "lonely.engine"
+    engine.write_bytes(b"x")
+    with pytest.raises(HdmeError, match="missing"):
+        write_repository(engine, tmp_path / "repo")
+    assert not (tmp_path / "repo").exists()
