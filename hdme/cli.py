@@ -39,6 +39,9 @@ def _register() -> None:
     from hdme.runtime.cli import register as register_runtime
 
     register_runtime(app)
+    from hdme.export.cli import register as register_export
+
+    register_export(app)
 
 
 _register()

@@ -1,0 +1,158 @@
+"""CLI of the export stage: ``hdme export onnx|quantize|trt|triton|check``.
+
+Only typer and the core are imported here; torch, onnx and TensorRT inside each command."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from hdme.weights import DEFAULT_MODEL
+
+export_app = typer.Typer(
+    name="export",
+    help="Export: ONNX, FP16/INT8 quantisation, TensorRT engines, Triton repositories, output comparison.",
+    no_args_is_help=True,
+)
+
+
+@export_app.command("onnx")
+def onnx_command(
+    out: Path = typer.Option(..., "--out", help="Output .onnx file."),
+    model: str = typer.Option(DEFAULT_MODEL, "--model", help="Shipped model name or .safetensors weights."),
+    opset: int = typer.Option(17, "--opset", help="ONNX opset."),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="Dynamic batch, height and width (default) or fixed."),
+    size: Optional[str] = typer.Option(None, "--size", help="HxW of a static export (multiples of the network's multiple)."),
+    batch: int = typer.Option(1, "--batch", help="Batch size of a static export."),
+    untrained: bool = typer.Option(False, "--untrained", help="Export a randomly initialised architecture by name (for latency tests)."),
+) -> None:
+    """PyTorch → ONNX (input 'image' [N,3,H,W] RGB 0..1, output 'sigma' [N,1,H,W] σ/10), checked,
+    simplified and compared with PyTorch; nothing is written when the parity check fails."""
+    from hdme.export.onnx import export_onnx, parse_size
+
+    result = export_onnx(model, out, opset=opset, dynamic=dynamic, size=parse_size(size) if size else None, batch=batch, untrained=untrained)
+    typer.echo(f"wrote {result.path}")
+
+
+@export_app.command("quantize")
+def quantize_command(
+    onnx_file: Path = typer.Argument(..., help="FP32 .onnx written by 'hdme export onnx'."),
+    precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
+    calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
+    method: str = typer.Option("max", "--method", help="INT8 calibration: max, entropy or percentile."),
+    backend: str = typer.Option("auto", "--backend", help="auto (ModelOpt when installed), modelopt or ort."),
+    target: str = typer.Option("tensorrt", "--target", help="INT8 layout: tensorrt (symmetric Q/DQ) or cpu (U8S8 for ONNX Runtime)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
+    quantize_head: bool = typer.Option(False, "--quantize-head", help="Quantise the upsampling head too (kept in float by default)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output file (default NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-cpu.onnx)."),
+    eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Held-out folder of images with σ maps (default: synthetic, needs torch)."),
+    eval_count: int = typer.Option(16, "--eval-count", help="Held-out images."),
+) -> None:
+    """FP16 or INT8 variant of an FP32 ONNX, with an accuracy table against FP32 (also written as JSON beside it)."""
+    from hdme.errors import HdmeError
+    from hdme.export import quantize as q
+
+    if precision not in q.PRECISIONS:
+        raise HdmeError(f"precision '{precision}': expected one of {', '.join(q.PRECISIONS)}")
+    if backend not in q.BACKENDS:
+        raise HdmeError(f"backend '{backend}': expected one of {', '.join(q.BACKENDS)}")
+    if target not in q.TARGETS:
+        raise HdmeError(f"target '{target}': expected one of {', '.join(q.TARGETS)}")
+    q.require_fp32(onnx_file)
+    out = out or q.default_output(onnx_file, precision, target)
+    if out.resolve() == onnx_file.resolve():
+        raise HdmeError(f"{out}: the output would overwrite the input")
+    if precision == "fp16":
+        used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
+        settings = {"precision": "fp16", "backend": used}
+    else:
+        from rich.console import Console
+        from rich.progress import Progress
+
+        from hdme.export.calibration import CalibrationSet
+
+        calib_set = CalibrationSet(calib, count=calib_count)
+        with Progress(console=Console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
+            used = q.quantize_int8(
+                onnx_file, out, calib_set, method=method, target=target, backend=backend,
+                exclude=exclude, keep_head=not quantize_head, progress=lambda: progress.advance(task),
+            )
+        settings = {"precision": "int8", "target": target, "method": method, "backend": used,
+                    "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
+    typer.echo(f"wrote {out} ({used})")
+    _report_accuracy(onnx_file, out, settings, eval_dir, eval_count)
+
+
+def _report_accuracy(reference: Path, candidate: Path, settings: dict, eval_dir: Optional[Path], count: int) -> None:
+    from hdme.export.evaluate import accuracy_table, heldout_set, print_accuracy_table
+    from hdme.io import write_json
+
+    heldout = heldout_set(eval_dir, count=count)
+    label = settings["precision"] + (f"-{settings['target']}" if settings.get("target") == "cpu" else "")
+    rows = accuracy_table(reference, {label: candidate}, heldout)
+    print_accuracy_table(rows, heldout)
+    report = candidate.with_suffix(".json")
+    write_json(report, {"reference": reference.name, "model": candidate.name, **settings, "heldout": heldout.source, "rows": rows})
+    typer.echo(f"wrote {report}")
+
+
+@export_app.command("trt")
+def trt_command(
+    onnx_file: Path = typer.Argument(..., help="ONNX to build (FP32, FP16 or Q/DQ INT8)."),
+    out: Path = typer.Option(..., "--out", help="Output .engine file (a .engine.json sidecar is written beside it)."),
+    precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: that of the ONNX)."),
+    shapes: str = typer.Option("1x3x256x256:1x3x480x640:1x3x720x1280", "--shapes", help="Optimisation profile min:opt:max (NxCxHxW)."),
+    workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for INT8 from an FP32 ONNX (TensorRT 10)."),
+    calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file (default: ENGINE.calib)."),
+) -> None:
+    """Build a TensorRT engine (TensorRT ≥ 10, NVIDIA GPU)."""
+    from hdme.export.tensorrt import build_engine
+
+    info = build_engine(onnx_file, out, precision, shapes, workspace, timing_cache, calib, calib_cache)
+    typer.echo(f"wrote {out} ({info['precision']}, TensorRT {info['tensorrt_version']}, {info['gpu_name']})")
+
+
+@export_app.command("triton")
+def triton_command(
+    model: Path = typer.Option(..., "--model", help=".onnx or .engine file."),
+    repo: Path = typer.Option(..., "--repo", help="Triton model repository folder."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: file name stem)."),
+    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the server forms (0: no batching)."),
+    instances: int = typer.Option(1, "--instances", help="Model instances."),
+) -> None:
+    """Write a Triton Inference Server model repository entry (config.pbtxt + version 1)."""
+    from hdme.export.triton import write_repository
+
+    typer.echo(f"wrote {write_repository(model, repo, name, max_batch, instances)}")
+
+
+@export_app.command("check")
+def check_command(
+    model_a: str = typer.Argument(..., help="Reference model: name, .safetensors, .onnx or .engine."),
+    model_b: str = typer.Argument(..., help="Model to compare with it."),
+    images: Optional[Path] = typer.Option(None, "--images", help="Folder of input images (default: seeded random inputs)."),
+    size: str = typer.Option("256x256", "--size", help="HxW the inputs are cropped to."),
+    count: int = typer.Option(8, "--count", help="Number of inputs."),
+    atol: float = typer.Option(0.01, "--atol", help="Largest allowed per-pixel difference in σ px."),
+) -> None:
+    """Compare two models' outputs per pixel in σ px (mean, median, p90, p99, max); exit 1 above --atol."""
+    from hdme.export.check import ERROR_STATS, compare_models
+    from hdme.export.onnx import parse_size
+
+    result = compare_models(model_a, model_b, images, parse_size(size), count)
+    typer.echo(f"A: {result['a']}\nB: {result['b']}\n{result['inputs']} inputs of {result['size']}")
+    typer.echo("  ".join(f"{k} {result[k]:.5f} px" for k in ERROR_STATS))
+    if result["max"] > atol:
+        typer.secho(f"FAIL: max difference {result['max']:.5f} px > atol {atol} px", fg=typer.colors.RED, err=True)
+        raise typer.Exit(1)
+    typer.echo(f"PASS: max difference ≤ {atol} px")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(export_app, name="export")
