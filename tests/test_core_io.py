@@ -96,3 +96,16 @@ def test_missing_dataset_is_one_line(tmp_path, monkeypatch):
 def test_cli_imports_without_torch():
     code = "import sys, hdme.cli; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_atomic_outputs_get_normal_permissions(tmp_path):
+    import os
+
+    from hdme.io import write_text
+
+    old = os.umask(0o022)
+    try:
+        write_text(tmp_path / "a.json", "{}")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
