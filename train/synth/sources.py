@@ -13,10 +13,11 @@ from hdme.errors import HdmeError, require
 from hdme.images import list_images, read_image
 
 # scikit-image sample photos stored inside its wheel. Left out: clock_motion (motion-blurred),
-# and the synthetic or binary ones (chessboard, horse, phantom, logo, text, page).
+# the synthetic or binary ones (chessboard, horse, phantom, logo, text, page) and the tiny
+# microaneurysms crop.
 _BUNDLED = (
     "astronaut.png", "brick.png", "camera.png", "cell.png", "chelsea.png", "coffee.png", "coins.png",
-    "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png", "microaneurysms.png",
+    "color.png", "grass.png", "gravel.png", "hubble_deep_field.jpg", "ihc.png",
     "moon.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
 )
 

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from hdme.errors import HdmeError
+from hdme.train.synth import RECIPES, SyntheticStream, get_recipe
+from hdme.train.synth.recipe import CONFIG_DIR
+from hdme.train.synth.sources import ImageListSource, as_source, bundled_images
+
+
+@pytest.fixture(scope="module")
+def source():
+    return as_source(bundled_images()[:4])
+
+
+def test_bundled_images_are_rgb_photos():
+    images = bundled_images()
+    assert len(images) >= 10
+    for img in images:
+        assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 128
+
+
+@pytest.mark.parametrize("name", ["paper", "hdme"])
+def test_stream_batches_are_well_formed_and_seeded(name, source):
+    recipe = get_recipe(name)
+    a = SyntheticStream(recipe, 48, 4, seed=7, sources=source)
+    image, sigma = a.next_batch()
+    assert image.shape == (4, 3, 48, 48) and sigma.shape == (4, 1, 48, 48)
+    assert image.dtype == torch.float32 and sigma.dtype == torch.float32
+    assert 0.0 <= float(image.min()) and float(image.max()) <= 1.0
+    assert 0.0 <= float(sigma.min()) and float(sigma.max()) <= 10.0 + 1e-4
+    again = SyntheticStream(recipe, 48, 4, seed=7, sources=source).next_batch()
+    assert torch.equal(again[0], image) and torch.equal(again[1], sigma)
+    other = SyntheticStream(recipe, 48, 4, seed=8, sources=source).next_batch()
+    assert not torch.equal(other[1], sigma)
+    nxt = a.next_batch()
+    assert not torch.equal(nxt[1], sigma)
+
+
+def test_hdme_recipe_mixes_scenes_with_a_camera_sigma_floor(source):
+    batch = SyntheticStream(get_recipe("hdme"), 32, 24, seed=0, sources=source).generate()
+    assert "scene" in batch.kinds and any(k != "scene" for k in batch.kinds)
+    assert set(batch.psf) <= {"gaussian", "disc", "mixture"} and len(set(batch.psf)) > 1
+    assert float(batch.sigma.min()) >= 0.25 - 1e-5  # no real pixel is σ = 0
+    # shuffled samples are permutations of their source, scenes are drawn sharp as they are
+    for i, kind in enumerate(batch.kinds):
+        same = torch.equal(batch.sharp[i], batch.source[i])
+        assert same == (kind == "scene")
+
+
+def test_recipe_files_match_the_presets_and_bad_recipes_are_one_line_errors(tmp_path):
+    for name, recipe in RECIPES.items():
+        data = json.loads((CONFIG_DIR / f"{name}.json").read_text())
+        assert get_recipe(str(CONFIG_DIR / f"{name}.json")) == recipe
+        assert data["data"]["name"] == name
+    paper = get_recipe("paper")
+    assert paper.scene_fraction == 0 and paper.psf == {"gaussian": 1.0} and paper.camera_sigma is None
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": {"maps": {"stars": 1.0}}}))
+    with pytest.raises(HdmeError, match="maps"):
+        get_recipe(str(bad))
+    bad.write_text(json.dumps({"data": {"blur": 3}}))
+    with pytest.raises(HdmeError, match="unknown recipe keys"):
+        get_recipe(str(bad))
+    with pytest.raises(HdmeError):
+        get_recipe("no-such-recipe")
+
+
+def test_sources_crop_to_size_and_skip_bad_files(tmp_path):
+    import cv2
+
+    crop = ImageListSource([np.zeros((40, 60, 3), np.uint8)]).sample(np.random.default_rng(0), 32)
+    assert crop.shape == (32, 32, 3)
+    cv2.imwrite(str(tmp_path / "big.png"), np.full((50, 50, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((10, 10, 3), 10, np.uint8))
+    (tmp_path / "broken.jpg").write_bytes(b"not a jpeg")
+    folder = as_source(str(tmp_path))
+    with pytest.warns(UserWarning):
+        crops = [folder.sample(np.random.default_rng(s), 32) for s in range(20)]
+    assert all(c.shape == (32, 32, 3) and c.mean() == 200 for c in crops)
+    assert folder.corrupt == 1 and folder.skipped_small == 1
