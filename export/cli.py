@@ -46,7 +46,7 @@ def quantize_command(
     target: str = typer.Option("tensorrt", "--target", help="INT8 layout: tensorrt (symmetric Q/DQ) or cpu (U8S8 for ONNX Runtime)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
-    quantize_head: bool = typer.Option(False, "--quantize-head", help="Quantise the upsampling head too (kept in float by default)."),
+    keep_head: Optional[bool] = typer.Option(None, "--keep-head/--quantize-head", help="Keep the upsampling head in float (default: for --target tensorrt only)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-cpu.onnx)."),
     eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Held-out folder of images with σ maps (default: synthetic, needs torch)."),
     eval_count: int = typer.Option(16, "--eval-count", help="Held-out images."),
@@ -79,7 +79,7 @@ def quantize_command(
             task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
             used = q.quantize_int8(
                 onnx_file, out, calib_set, method=method, target=target, backend=backend,
-                exclude=exclude, keep_head=not quantize_head, progress=lambda: progress.advance(task),
+                exclude=exclude, keep_head=keep_head, progress=lambda: progress.advance(task),
             )
         settings = {"precision": "int8", "target": target, "method": method, "backend": used,
                     "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}

@@ -235,8 +235,8 @@ def build_engine(
         "hdme_version": __version__,
     }
     with atomic_path(out) as tmp:
-        tmp.write_bytes(bytes(serialized))
+        tmp.write_bytes(memoryview(serialized))
         write_sidecar(out, info)
     if timing_cache:
-        write_bytes(timing_cache, bytes(config.get_timing_cache().serialize()))
+        write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return info

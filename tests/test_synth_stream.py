@@ -80,4 +80,4 @@ def test_sources_crop_to_size_and_skip_bad_files(tmp_path):
     with pytest.warns(UserWarning):
         crops = [folder.sample(np.random.default_rng(s), 32) for s in range(20)]
     assert all(c.shape == (32, 32, 3) and c.mean() == 200 for c in crops)
-    assert folder.corrupt == 1 and folder.skipped_small == 1
+    assert len(folder.corrupt_paths) == 1 and len(folder.small_paths) == 1

@@ -33,6 +33,7 @@ class SynthRecipe:
     noise_probability: float = 0.1
     jpeg_probability: float = 0.0
     bayer_probability: float = 0.5  # share of camera-noised samples that go through a Bayer mosaic
+    min_sharpness: float = 1000.0  # redraw source crops whose shuffle would stay below this Laplacian variance
     render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (speed vs exactness)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -67,11 +68,16 @@ def second_moment_sigma(kernel: np.ndarray) -> float:
 
 @functools.lru_cache(maxsize=None)
 def disc_kernel(sigma: float) -> np.ndarray:
-    """Pillbox whose discrete second moment is σ (radius ≈ 2σ, found by bisection)."""
+    """Pillbox whose discrete second moment is σ, radius found by bisection.
+
+    Sampling at pixel centres loses the within-pixel variance 1/12, so r ≈ 2·√(σ² + 1/12); the
+    search brackets that guess.
+    """
     if sigma <= 0:
         return np.ones((1, 1))
-    lo, hi = 0.0, 2.0 * sigma + 2.0
-    for _ in range(40):
+    guess = 2.0 * np.sqrt(sigma * sigma + 1.0 / 12.0)
+    lo, hi = max(guess - 0.6, 0.0), guess + 0.6
+    for _ in range(16):
         mid = 0.5 * (lo + hi)
         if second_moment_sigma(_disc_coverage(mid)) < sigma:
             lo = mid
@@ -87,16 +93,13 @@ def psf_kernel(shape: str, sigma: float) -> np.ndarray:
     if shape == "disc":
         return disc_kernel(sigma)
     if shape == "mixture":
-        gauss = gaussian_kernel(_MIXTURE_GAUSS_FRACTION * sigma)
+        gauss = gaussian_kernel_1d(_MIXTURE_GAUSS_FRACTION * sigma)
         # second moments add under convolution; a small sampled Gaussian has less than its nominal σ²
-        disc = disc_kernel(float(np.sqrt(max(sigma * sigma - second_moment_sigma(gauss) ** 2, 0.0))))
-        size = disc.shape[0] + gauss.shape[0] - 1
-        out = np.zeros((size, size))
-        g = gauss.shape[0]
-        for i in range(g):
-            for j in range(g):
-                out[i : i + disc.shape[0], j : j + disc.shape[1]] += gauss[i, j] * disc
-        return out
+        gauss_var = second_moment_sigma(np.outer(gauss, gauss)) ** 2
+        disc = disc_kernel(float(np.sqrt(max(sigma * sigma - gauss_var, 0.0))))
+        r = gauss.size // 2
+        padded = np.pad(disc, r)
+        return cv2.sepFilter2D(padded, cv2.CV_64F, gauss, gauss, borderType=cv2.BORDER_CONSTANT)
     raise ValueError(f"PSF shape must be one of {PSF_SHAPES}, got {shape!r}")
 
 

@@ -61,8 +61,8 @@ class ImageListSource:
             raise HdmeError(f"{name}: no source images")
         self.images = images
         self.name = name
-        self.skipped_small = 0
-        self.corrupt = 0
+        self.corrupt_paths: set[str] = set()
+        self.small_paths: set[str] = set()
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
         return random_crop(self.images[int(rng.integers(len(self.images)))], size, rng)
@@ -72,7 +72,7 @@ class FolderSource:
     """Random crops from the images of a folder (COCO train2017 or any other).
 
     Images smaller than the crop size are skipped, and corrupt files are skipped with a warning;
-    both are counted (``skipped_small``, ``corrupt``) for the manifest.
+    both are remembered (``small_paths``, ``corrupt_paths``) for the manifest.
     """
 
     def __init__(self, folder: str | os.PathLike, max_tries: int = 50) -> None:
@@ -82,8 +82,8 @@ class FolderSource:
             raise HdmeError(f"{self.folder}: no images found")
         self.name = str(self.folder)
         self.max_tries = max_tries
-        self.skipped_small = 0
-        self.corrupt = 0
+        self.corrupt_paths: set[str] = set()
+        self.small_paths: set[str] = set()
         self._bad: set[int] = set()
 
     def sample(self, rng: np.random.Generator, size: int) -> np.ndarray:
@@ -95,16 +95,16 @@ class FolderSource:
                 img = read_image(self.paths[i])
             except HdmeError as exc:
                 self._bad.add(i)
-                self.corrupt += 1
+                self.corrupt_paths.add(str(self.paths[i]))
                 warnings.warn(f"skipping unreadable source: {exc}", stacklevel=2)
                 continue
             if min(img.shape[:2]) < size:
                 self._bad.add(i)
-                self.skipped_small += 1
+                self.small_paths.add(str(self.paths[i]))
                 continue
             return random_crop(img, size, rng)
         raise HdmeError(f"{self.folder}: no usable image ≥ {size} px found in {self.max_tries} tries "
-                        f"({self.corrupt} corrupt, {self.skipped_small} too small)")
+                        f"({len(self.corrupt_paths)} corrupt, {len(self.small_paths)} too small)")
 
 
 def as_source(sources) -> ImageListSource | FolderSource:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 
@@ -38,6 +39,27 @@ def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
     return names[int(rng.choice(len(names), p=p / p.sum()))]
 
 
+def _shuffled_sharpness(rgb: np.ndarray) -> float:
+    """Expected Laplacian variance of the full shuffle of ``rgb``: its pixels become independent,
+    and the 4-neighbour Laplacian of independent pixels has 4 + 16 = 20 times their variance."""
+    return 20.0 * float(cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.float64).var())
+
+
+def _sharp_enough_crop(source, rng: np.random.Generator, size: int, min_sharpness: float, tries: int = 20) -> np.ndarray:
+    """A source crop with colour spread enough to be sharp once shuffled (the best of ``tries``):
+    a nearly uniform crop stays below the paper's sharpness bar even after shuffling and shows
+    no blur."""
+    best, best_score = None, -1.0
+    for _ in range(tries):
+        crop = source.sample(rng, size)
+        score = _shuffled_sharpness(crop)
+        if score >= 1.2 * min_sharpness:  # margin: one shuffle scatters around the expectation
+            return crop
+        if score > best_score:
+            best, best_score = crop, score
+    return best
+
+
 def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
                source, device: torch.device | str = "cpu") -> SynthBatch:
     """Draw ``count`` samples. ``rng`` fixes every CPU-side choice, ``generator`` the device-side ones."""
@@ -51,7 +73,7 @@ def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
             sigmas.append(torch.from_numpy(sigma).to(device))
             kinds.append("scene")
         else:
-            crop = _to_tensor(source.sample(rng, size), device)
+            crop = _to_tensor(_sharp_enough_crop(source, rng, size, recipe.min_sharpness), device)
             kind = _choose(rng, recipe.maps)
             sources.append(crop)
             sigmas.append(make_map(kind, size, rng, dist, source=crop, device=device))
