@@ -42,6 +42,7 @@ def test_layout_manifest_and_sixteen_bit_maps(dataset):
         assert raw.dtype == np.uint16 and raw.shape == (64, 64)
         assert abs(raw.max() / 1000.0 - s["sigma_max"]) < 2e-3
     assert not list(out.rglob("*.tmp*"))
+    assert not (out / ".samples").exists()  # per-sample records are folded into the manifest
 
 
 def test_images_are_the_eq4_scatter_of_the_sharp_images(dataset):
@@ -89,3 +90,26 @@ def test_folder_sources_skip_corrupt_and_small_files_and_sharpness_table(tmp_pat
     assert manifest["skipped_sources"]["corrupt"] == 1 and manifest["skipped_sources"]["too_small"] == 1
     result = runner.invoke(app, ["data", "sharpness", str(out)])
     assert result.exit_code == 0 and "after shuffle" in result.output and "before shuffle" in result.output
+
+
+def test_an_interrupted_run_resumes_from_its_sample_records(tmp_path, monkeypatch):
+    from hdme.train import make
+
+    real = make._make_sample
+    calls = []
+
+    def dies_after_four(task):
+        if len(calls) == 4:
+            raise KeyboardInterrupt  # as if killed mid-run
+        calls.append(task)
+        return real(task)
+
+    args = dict(out=str(tmp_path / "set"), count=6, size=32, seed=1, flat=True)
+    monkeypatch.setattr(make, "_make_sample", dies_after_four)
+    with pytest.raises(KeyboardInterrupt):
+        make.make_dataset(make.MakeArgs(**args), progress=False)
+    assert not (tmp_path / "set" / "manifest.json").exists()
+    monkeypatch.setattr(make, "_make_sample", real)
+    manifest = make.make_dataset(make.MakeArgs(**args), progress=False)
+    assert manifest["resumed_samples"] == 4 and manifest["splits"] == {"all": 6}
+    assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]

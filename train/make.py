@@ -4,14 +4,16 @@ Layout: OUT/{train,val,test}/{image,defocus[,sharp]}/NAME.png (8-bit RGB; σ as 
 or with ``flat`` only OUT/NAME.png images (a calibration set). OUT/manifest.json records the
 arguments, per-sample map kind and Laplacian variance before/after shuffling, and skipped sources.
 Every sample is drawn from its own seed (seed, index), so the result does not depend on the
-number of workers or on interruptions; each finished sample leaves OUT/.samples/NAME.json,
-written last, which is how a rerun knows what to skip.
+number of workers or on interruptions. While a run is under way each finished sample leaves
+OUT/.samples/NAME.json, written after its images; a rerun skips samples with a record (there or
+in the manifest) and all their files. The records fold into the manifest at the end.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,27 +155,39 @@ def _make_sample(task: tuple[int, str, str]) -> dict:
     return record
 
 
-def _finished(out: Path, name: str, paths: dict[str, Path]) -> dict | None:
+def _finished(record: dict | None, paths: dict[str, Path]) -> dict | None:
     """The record of a sample whose files are all in place, else None."""
-    record_path = out / _RECORDS / f"{name}.json"
-    if not record_path.is_file() or not all(p.is_file() for p in paths.values()):
-        return None
+    return record if record is not None and all(p.is_file() for p in paths.values()) else None
+
+
+def _read_json(path: Path) -> dict | None:
     try:
-        return json.loads(record_path.read_text())
-    except ValueError:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
         return None
 
 
-def _check_identity(out: Path, args: MakeArgs) -> None:
-    marker = out / _RECORDS / "args.json"
-    if marker.is_file():
-        previous = json.loads(marker.read_text())
-        if previous != json.loads(json.dumps(args.identity())):
-            changed = sorted(k for k in previous if previous.get(k) != json.loads(json.dumps(args.identity())).get(k))
-            raise HdmeError(f"{out} holds a dataset made with other arguments ({', '.join(changed)}); "
-                            "choose another folder or repeat the same arguments to resume")
-    else:
-        write_json(marker, args.identity())
+def _previous_records(out: Path, args: MakeArgs) -> dict[str, dict]:
+    """Records of an earlier run into ``out``, which must have used the same arguments. Records
+    from a finished manifest carry its skipped-source lists."""
+    identity = json.loads(json.dumps(args.identity()))
+    manifest = _read_json(out / "manifest.json") or {}
+    marker = _read_json(out / _RECORDS / "args.json")
+    previous = manifest.get("identity") or marker
+    if previous is not None and previous != identity:
+        changed = sorted(k for k in identity if previous.get(k) != identity[k])
+        raise HdmeError(f"{out} holds a dataset made with other arguments ({', '.join(changed)}); "
+                        "choose another folder or repeat the same arguments to resume")
+    if marker is None:
+        write_json(out / _RECORDS / "args.json", identity)
+    skipped = manifest.get("skipped_sources", {})
+    carried = {"corrupt": skipped.get("corrupt_files", []), "small": skipped.get("small_files", [])}
+    records = {r["name"]: {**r, "skipped_sources": carried} for r in manifest.get("samples", [])}
+    for path in (out / _RECORDS).glob("*.json"):
+        record = _read_json(path)
+        if path.name != "args.json" and record is not None:
+            records[record["name"]] = record
+    return records
 
 
 def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
@@ -187,13 +201,13 @@ def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
     open_source(args.source)  # fail early, in this process, on a bad --source
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    _check_identity(out, args)
+    previous = _previous_records(out, args)
 
     names = split_names(args.count, args.seed)
     records: dict[str, dict] = {}
     todo = []
     for index, (name, split) in enumerate(names):
-        done = _finished(out, name, sample_paths(out, name, split, args.flat, args.save_sharp))
+        done = _finished(previous.get(name), sample_paths(out, name, split, args.flat, args.save_sharp))
         if done is not None:
             records[name] = done
         else:
@@ -206,9 +220,9 @@ def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
     with Progress(*columns, disable=not progress, transient=True) as bar:
         task = bar.add_task("make", total=args.count, completed=resumed)
         if args.workers <= 1 or len(todo) <= 1:
-            _init_worker(args)
-            results = map(_make_sample, todo)
-            for record in results:
+            if todo:
+                _init_worker(args)
+            for record in map(_make_sample, todo):
                 records[record["name"]] = record
                 bar.advance(task)
         else:
@@ -219,6 +233,7 @@ def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
 
     manifest = build_manifest(args, [records[name] for name, _ in names], resumed)
     write_json(out / "manifest.json", manifest)
+    shutil.rmtree(out / _RECORDS, ignore_errors=True)  # folded into the manifest
     return manifest
 
 
@@ -232,13 +247,14 @@ def build_manifest(args: MakeArgs, records: list[dict], resumed: int) -> dict:
         "format_version": FORMAT_VERSION,
         "hdme_version": __version__,
         "seed": args.seed,
+        "identity": args.identity(),
         "args": {k: v for k, v in vars(args).items() if k not in ("recipe_used", "out")},
         "recipe": args.recipe_used,
         "layout": "flat" if args.flat else "{split}/{image,defocus" + (",sharp" if args.save_sharp else "") + "}/NAME.png",
         "sigma_png_scale": 1000,
         "splits": splits,
         "resumed_samples": resumed,
-        "skipped_sources": {"corrupt": len(corrupt), "too_small": len(small), "corrupt_files": corrupt},
+        "skipped_sources": {"corrupt": len(corrupt), "too_small": len(small), "corrupt_files": corrupt, "small_files": small},
         "samples": samples,
     }
 
