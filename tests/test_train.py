@@ -24,7 +24,7 @@ def _losses(run):
 
 def test_loss_falls_and_run_folder_is_complete(tmp_path):
     run = tmp_path / "run"
-    result = train(TrainConfig(out=str(run), steps=24, lr=3e-3, **TINY))
+    result = train(TrainConfig(out=str(run), steps=24, lr=3e-3, schedule="cosine", min_lr_ratio=1.0, **TINY))
     losses = _losses(run)
     assert len(losses) == 24
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
@@ -40,23 +40,47 @@ def test_loss_falls_and_run_folder_is_complete(tmp_path):
     torch.load(run / "last.ckpt", weights_only=True)
 
 
-def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
-    whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train(TrainConfig(out=str(whole), steps=8, **TINY))
+def _pairs(root, count=6):
+    import numpy as np
 
-    real_batch_at = train_data.SyntheticBatches.batch_at
+    from hdme.conventions import save_sigma_map
+    from hdme.images import write_image
+
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        write_image(root / "image" / f"{i}.png", rng.integers(0, 256, (40, 44, 3), dtype=np.uint8))
+        sigma = rng.uniform(0, 10, (40, 44)).astype(np.float32)
+        save_sigma_map(root / "defocus" / (f"{i}.png" if i % 2 else f"{i}.npy"), sigma)
+    return root
+
+
+def test_trains_on_pairs_for_epochs(tmp_path):
+    data = _pairs(tmp_path / "pairs")
+    result = train(TrainConfig(out=str(tmp_path / "run"), data=str(data), epochs=2, **TINY))
+    assert result.card["steps"] == 2 * 6 // TINY["batch"]
+    assert result.card["recipe"] == {"data": str(data)}
+
+
+@pytest.mark.parametrize("source", ["synthetic", "pairs"])
+def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, source):
+    data = str(_pairs(tmp_path / "pairs")) if source == "pairs" else None
+    batches = train_data.PairBatches if data else train_data.SyntheticBatches
+    whole, broken = tmp_path / "whole", tmp_path / "broken"
+    train(TrainConfig(out=str(whole), steps=8, data=data, **TINY))
+
+    real_batch_at = batches.batch_at
 
     def crash_at_step_6(self, step):
         if step == 6:
             raise KeyboardInterrupt
         return real_batch_at(self, step)
 
-    monkeypatch.setattr(train_data.SyntheticBatches, "batch_at", crash_at_step_6)
+    monkeypatch.setattr(batches, "batch_at", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(broken), steps=8, **TINY))
+        train(TrainConfig(out=str(broken), steps=8, data=data, **TINY))
     assert torch.load(broken / "last.ckpt", weights_only=True)["step"] == 4
-    monkeypatch.setattr(train_data.SyntheticBatches, "batch_at", real_batch_at)
-    train(TrainConfig(out=str(broken), steps=8, resume=True, **TINY))
+    monkeypatch.setattr(batches, "batch_at", real_batch_at)
+    train(TrainConfig(out=str(broken), steps=8, data=data, resume=True, **TINY))
 
     a, b = load_file(whole / "final.safetensors"), load_file(broken / "final.safetensors")
     assert a.keys() == b.keys()
@@ -109,3 +133,23 @@ def test_two_process_gloo_ddp_ranks_agree(tmp_path):
     card = json.loads((run / "final.json").read_text())
     assert card["hardware"]["processes"] == 2 and card["steps"] == 4
     assert card["train"]["batch"] == 2
+
+
+def test_cli_merges_config_file_and_flags(tmp_path):
+    from typer.testing import CliRunner
+
+    from hdme.cli import app
+
+    cfg = tmp_path / "cfg.json"
+    options = {k: v for k, v in TINY.items() if k != "log_every"} | {"steps": 5, "lr": 0.002}
+    cfg.write_text(json.dumps({"train": options}))
+    run = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--steps", "2", "--loss", "l1"])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["steps"] == 2 and resolved["lr"] == 0.002 and resolved["loss"] == "l1"
+    assert resolved["model"] == "hdme-tiny" and resolved["total_steps"] == 2
+
+    cfg.write_text(json.dumps({"trian": {}}))
+    result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--steps", "2"])
+    assert isinstance(result.exception, HdmeError)

@@ -12,18 +12,18 @@ from hdme.errors import HdmeError
 
 
 def read_train_config(path: Path) -> dict:
-    """The ``train`` section of a JSON config (the whole file if it has none). A file that also
-    holds a synthesis recipe (a "data" key, as train/configs/*.json) is the run's recipe."""
+    """Training options from a JSON config: its "train" object. A "data" object beside it is a
+    synthesis recipe (train/configs/*.json) and becomes the run's recipe unless one is named."""
     if not path.is_file():
         raise HdmeError(f"{path}: no such config file")
     try:
         values = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise HdmeError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(values, dict):
-        raise HdmeError(f"{path}: a config is a JSON object")
-    section = dict(values.get("train", values))
-    if "data" in values and "train" in values:
+    if not isinstance(values, dict) or set(values) - {"train", "data"}:
+        raise HdmeError(f"{path}: a config is a JSON object with a \"train\" and/or a \"data\" (recipe) object")
+    section = dict(values.get("train", {}))
+    if "data" in values:
         section.setdefault("recipe", str(path))
     return section
 
@@ -41,7 +41,7 @@ def train_command(
     schedule: Optional[str] = typer.Option(None, "--schedule", help="step (×0.1 at 1/3 and 2/3, the paper's) or cosine."),
     loss: Optional[str] = typer.Option(None, "--loss", help="mse (the paper's), l1 or huber."),
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Synthesis recipe (name or JSON) for the stream and the validation split."),
-    sources: Optional[Path] = typer.Option(None, "--sources", help="Folder of all-in-focus photos for the synthetic stream (default: bundled)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Photos for the synthetic stream: bundled (default), a folder, or coco:DIR."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON config; its \"train\" section sets defaults that flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.ckpt exactly."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors), e.g. to fine-tune."),
@@ -61,7 +61,7 @@ def train_command(
     values = read_train_config(config) if config else {}
     flags = {
         "model": model, "out": out, "data": data, "steps": steps, "epochs": epochs, "batch": batch, "size": size,
-        "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "sources": sources, "init": init, "val_every": val_every,
+        "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "val_every": val_every,
         "ckpt_every": ckpt_every, "seed": seed, "amp": amp, "workers": workers, "max_minutes": max_minutes,
     }
     values.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})

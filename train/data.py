@@ -43,7 +43,7 @@ class SyntheticBatches:
 
         self.recipe, self.size, self.batch, self.seed, self.rank = recipe, size, batch, seed, rank
         self.device = device
-        self.source = as_source(sources)
+        self.source = as_source(sources)  # loaded once, shared by every step's stream
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         from hdme.train.synth import SyntheticStream

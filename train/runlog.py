@@ -1,0 +1,74 @@
+"""What a run reports on rank 0: TensorBoard events, RUN/metrics.csv, and a progress bar (or log
+lines when there is no terminal, as in a background run)."""
+
+from __future__ import annotations
+
+import csv
+import sys
+from pathlib import Path
+from typing import Any
+
+from hdme.metrics import MAP_METRICS
+
+CSV_COLUMNS = ("step", "wall_s", "loss", "lr", "img_per_s") + tuple(f"val_{k}" for k in MAP_METRICS)
+
+
+class RunLog:
+    def __init__(self, run: Path, step: int, total: int):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from torch.utils.tensorboard import SummaryWriter
+
+        path = run / "metrics.csv"
+        rows = []
+        if path.is_file() and step > 0:
+            # A resumed run replaces what the interrupted one logged after its last checkpoint.
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= step]
+        self._fh = open(path, "w", newline="")
+        self._csv = csv.DictWriter(self._fh, fieldnames=CSV_COLUMNS)
+        self._csv.writeheader()
+        self._csv.writerows(rows)
+        self._fh.flush()
+        self._tb = SummaryWriter(str(run / "tb"), purge_step=step or None)
+        self.total = total
+        self._progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[status]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+            disable=not sys.stderr.isatty(),
+        )
+        self._task = self._progress.add_task("train", total=total, completed=step, status="")
+        self._progress.start()
+
+    def train(self, step: int, wall_s: float, loss: float, lr: float, img_per_s: float) -> None:
+        self._tb.add_scalar("train/loss", loss, step)
+        self._tb.add_scalar("train/lr", lr, step)
+        self._tb.add_scalar("train/img_per_s", img_per_s, step)
+        self._row({"step": step, "wall_s": round(wall_s, 1), "loss": loss, "lr": lr, "img_per_s": round(img_per_s, 2)})
+        self._progress.update(self._task, status=f"loss {loss:.5f}  {img_per_s:.1f} img/s")
+        if self._progress.disable:
+            self.say(f"step {step}/{self.total} loss {loss:.5f} lr {lr:.2e} {img_per_s:.1f} img/s")
+
+    def validation(self, step: int, wall_s: float, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self._tb.add_scalar(f"val/{k}", v, step)
+        self._row({"step": step, "wall_s": round(wall_s, 1)} | {f"val_{k}": v for k, v in metrics.items()})
+        if self._progress.disable:
+            self.say(f"step {step} validation: " + " ".join(f"{k} {metrics[k]:.4f}" for k in ("mae", "rmse", "d1")))
+
+    def advance(self, step: int) -> None:
+        self._progress.update(self._task, completed=step)
+
+    def say(self, line: str) -> None:
+        if self._progress.disable:
+            print(line, flush=True)
+        else:
+            self._progress.console.print(line)
+
+    def _row(self, row: dict[str, Any]) -> None:
+        self._csv.writerow({k: row.get(k, "") for k in CSV_COLUMNS})
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._progress.stop()
+        self._tb.close()
+        self._fh.close()
