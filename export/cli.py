@@ -61,10 +61,13 @@ def quantize_command(
         raise HdmeError(f"backend '{backend}': expected one of {', '.join(q.BACKENDS)}")
     if target not in q.TARGETS:
         raise HdmeError(f"target '{target}': expected one of {', '.join(q.TARGETS)}")
+    from hdme.export.evaluate import heldout_set
+
     q.require_fp32(onnx_file)
     out = out or q.default_output(onnx_file, precision, target)
     if out.resolve() == onnx_file.resolve():
         raise HdmeError(f"{out}: the output would overwrite the input")
+    heldout = heldout_set(eval_dir, count=eval_count)  # before writing anything: it may be unavailable
     if precision == "fp16":
         used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
         settings = {"precision": "fp16", "backend": used}
@@ -84,14 +87,13 @@ def quantize_command(
         settings = {"precision": "int8", "target": target, "method": method, "backend": used,
                     "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
-    _report_accuracy(onnx_file, out, settings, eval_dir, eval_count)
+    _report_accuracy(onnx_file, out, settings, heldout)
 
 
-def _report_accuracy(reference: Path, candidate: Path, settings: dict, eval_dir: Optional[Path], count: int) -> None:
-    from hdme.export.evaluate import accuracy_table, heldout_set, print_accuracy_table
+def _report_accuracy(reference: Path, candidate: Path, settings: dict, heldout) -> None:
+    from hdme.export.evaluate import accuracy_table, print_accuracy_table
     from hdme.io import write_json
 
-    heldout = heldout_set(eval_dir, count=count)
     label = settings["precision"] + (f"-{settings['target']}" if settings.get("target") == "cpu" else "")
     rows = accuracy_table(reference, {label: candidate}, heldout)
     print_accuracy_table(rows, heldout)
