@@ -132,18 +132,16 @@ def sigma_levels(max_error: float = MAX_RENDER_ERROR, sigma_max: float = SIGMA_M
     return tuple(levels)
 
 
-@functools.lru_cache(maxsize=8)
-def _kernel_spectra(shapes: tuple[str, ...], levels: tuple[float, ...], fft_h: int, fft_w: int, device: str) -> torch.Tensor:
-    """rFFT of each shape's and level's kernel, centred at (0, 0) on an fft_h×fft_w circle:
-    [len(shapes), L, fft_h, fft_w//2+1]."""
-    planes = np.zeros((len(shapes), len(levels), fft_h, fft_w), dtype=np.float64)
-    for s, shape in enumerate(shapes):
-        for i, sigma in enumerate(levels):
-            k = psf_kernel(shape, sigma)
-            r = k.shape[0] // 2
-            ys = np.arange(-r, r + 1) % fft_h
-            xs = np.arange(-r, r + 1) % fft_w
-            np.add.at(planes[s, i], (ys[:, None], xs[None, :]), k)
+@functools.lru_cache(maxsize=12)
+def _kernel_spectra(shape: str, levels: tuple[float, ...], fft_h: int, fft_w: int, device: str) -> torch.Tensor:
+    """rFFT of each level's kernel, centred at (0, 0) on an fft_h×fft_w circle: [L, fft_h, fft_w//2+1]."""
+    planes = np.zeros((len(levels), fft_h, fft_w), dtype=np.float64)
+    for i, sigma in enumerate(levels):
+        k = psf_kernel(shape, sigma)
+        r = k.shape[0] // 2
+        ys = np.arange(-r, r + 1) % fft_h
+        xs = np.arange(-r, r + 1) % fft_w
+        np.add.at(planes[i], (ys[:, None], xs[None, :]), k)
     return torch.fft.rfft2(torch.from_numpy(planes)).to(torch.complex64).to(device)
 
 
@@ -199,14 +197,14 @@ def render_defocus(
     src, position = padded[:, :c], padded[:, c:]
     fh, fw = src.shape[-2:]
 
-    shape_names = tuple(sorted(set(shapes)))
-    select = torch.tensor([shape_names.index(s) for s in shapes], device=sharp.device)
-    spectra = _kernel_spectra(shape_names, levels, fh, fw, str(sharp.device))
+    spectra = {name: _kernel_spectra(name, levels, fh, fw, str(sharp.device)) for name in set(shapes)}
+    single = spectra[shapes[0]] if len(spectra) == 1 else None
 
     acc = torch.zeros(b, c, fh, fw // 2 + 1, dtype=torch.complex64, device=sharp.device)
     for k in used:
         weight = torch.relu(1.0 - (position - k).abs())
-        acc.addcmul_(torch.fft.rfft2(src * weight), spectra[select, k][:, None])
+        kernel = single[k] if single is not None else torch.stack([spectra[name][k] for name in shapes])[:, None]
+        acc.addcmul_(torch.fft.rfft2(src * weight), kernel)
     if camera_sigma is not None:
         acc *= _gaussian_spectrum(camera_sigma.to(sharp.device), fh, fw)[:, None]
     out = torch.fft.irfft2(acc, s=(fh, fw))
