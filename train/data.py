@@ -34,23 +34,53 @@ def _mix(*parts: int) -> int:
 
 class SyntheticBatches:
     """Batches from ``SyntheticStream``: the batch of step t comes from a stream seeded with
-    (seed, rank, t), so every rank draws different data and a resumed run needs no stream state.
-    Opening a stream costs two generator seedings; the image sources are loaded once."""
+    (seed, rank, t // echo), so every rank draws different data and a resumed run needs no stream
+    state. Opening a stream costs two generator seedings; the image sources are loaded once.
+
+    ``echo`` > 1 reuses each synthesised batch for that many steps, each time as a different random
+    crop (from ``synth_size`` down to ``size``), flip and 90° turn: rendering a sample costs several
+    training steps on a CPU, and σ labels are unchanged by these transforms (the PSF is isotropic).
+    """
 
     def __init__(self, recipe: Any, size: int, batch: int, seed: int, rank: int = 0,
-                 device: str | torch.device = "cpu", sources: Any = None):
+                 device: str | torch.device = "cpu", sources: Any = None, echo: int = 1,
+                 synth_size: int | None = None):
         from hdme.train.synth.sources import as_source
 
+        if echo < 1 or (synth_size is not None and synth_size < size):
+            raise ValueError("echo must be ≥ 1 and synth_size ≥ size")
         self.recipe, self.size, self.batch, self.seed, self.rank = recipe, size, batch, seed, rank
         self.device = device
+        self.echo = echo
+        self.synth_size = synth_size or size
         self.source = as_source(sources)  # loaded once, shared by every step's stream
+        self._cached: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _synthesised(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         from hdme.train.synth import SyntheticStream
 
-        stream = SyntheticStream(self.recipe, self.size, self.batch, _mix(self.seed, self.rank, step),
-                                 device=self.device, sources=self.source)
-        return stream.next_batch()
+        if self._cached is None or self._cached[0] != k:
+            stream = SyntheticStream(self.recipe, self.synth_size, self.batch, _mix(self.seed, self.rank, k),
+                                     device=self.device, sources=self.source)
+            self._cached = (k, stream.next_batch())
+        return self._cached[1]
+
+    def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, sigma = self._synthesised(step // self.echo)
+        if self.echo == 1 and self.synth_size == self.size:
+            return image, sigma
+        rng = np.random.default_rng(_mix(self.seed, self.rank, step, 1))
+        images, sigmas = [], []
+        for i in range(image.shape[0]):
+            y, x = rng.integers(0, self.synth_size - self.size + 1, size=2)
+            turns, flip = int(rng.integers(4)), bool(rng.integers(2))
+            pair = torch.cat([image[i], sigma[i]])[:, y:y + self.size, x:x + self.size]
+            pair = torch.rot90(pair, turns, dims=(1, 2))
+            if flip:
+                pair = pair.flip(2)
+            images.append(pair[:3])
+            sigmas.append(pair[3:])
+        return torch.stack(images).contiguous(), torch.stack(sigmas).contiguous()
 
 
 def synthetic_split(recipe: Any, size: int, count: int, seed: int = VAL_SEED, batch: int = 16,

@@ -56,6 +56,8 @@ class TrainConfig:
     compile: bool = False
     workers: int = 2
     seed: int = 0
+    echo: int = 1  # steps per synthesised batch (random crop/flip/turn each step); > 1 where rendering is the bottleneck
+    synth_size: int | None = None  # side the stream renders at before echo crops; None = size
     val_every: int = 500
     val_count: int = 64
     val_size: int | None = None  # None = size
@@ -158,7 +160,8 @@ class Trainer:
             from hdme.train.make import open_source
 
             self.batches = SyntheticBatches(self.recipe, config.size, config.batch, config.seed, d.rank,
-                                            device=self.device, sources=open_source(config.source))
+                                            device=self.device, sources=open_source(config.source),
+                                            echo=config.echo, synth_size=config.synth_size)
             self.total = config.steps
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
