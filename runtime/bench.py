@@ -65,14 +65,16 @@ class ResultsTable:
     def write_markdown(self, path: str | Path) -> None:
         write_text(path, self.to_markdown())
 
-    def to_rich(self):
+    def to_rich(self, columns: list[tuple[str, str]] | None = None):
+        """A rich table of ``columns`` (default: all), for a screen narrower than the files."""
         from rich.table import Table
 
+        columns = columns or self.columns
         table = Table(title=self.title)
-        for key, header in self.columns:
+        for key, header in columns:
             table.add_column(header, justify="left" if key in ("backend", "model", "device", "precision", "size", "mode") else "right")
         for row in self.rows:
-            table.add_row(*(self.cell(row, k) for k, _ in self.columns))
+            table.add_row(*(self.cell(row, k) for k, _ in columns))
         return table
 
 
@@ -84,6 +86,11 @@ LATENCY_COLUMNS = [
     ("stages.end-to-end.cv", "CV"), ("fps", "FPS"),
     ("stages.preprocess.mean", "pre"), ("stages.h2d.mean", "h2d"), ("stages.compute.mean", "compute"),
     ("stages.d2h.mean", "d2h"), ("stages.postprocess.mean", "post"), ("stream_ratio", "stream/infer"),
+]
+
+LATENCY_SCREEN_COLUMNS = [
+    c for c in LATENCY_COLUMNS
+    if c[0] not in ("device", "stages.end-to-end.p95", "stages.end-to-end.std", "stages.preprocess.mean", "stages.postprocess.mean")
 ]
 
 

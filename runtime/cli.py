@@ -26,7 +26,10 @@ BACKEND_HELP = "auto | onnxruntime | tensorrt | torch."
 def _console(stderr: bool = False):
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False)
+    console = Console(stderr=stderr, highlight=False)
+    if not console.is_terminal:  # piped into a log: do not squeeze tables into 80 columns
+        console.width = max(console.width, 200)
+    return console
 
 
 def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:
@@ -181,7 +184,7 @@ def bench_latency_command(
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
 ) -> None:
     """Latency per stage and end to end (mean, median, p90/p95/p99, std, CV, FPS), trtexec-style."""
-    from hdme.runtime.bench import DEFAULT_SIZES, bench_latency, plot_latency
+    from hdme.runtime.bench import DEFAULT_SIZES, LATENCY_SCREEN_COLUMNS, bench_latency, plot_latency
     from hdme.runtime.pipeline import parse_size
 
     if iters is not None and duration is not None:
@@ -197,7 +200,7 @@ def bench_latency_command(
                          "torch": _backend_options("torch", None, threads)},
         on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
-    console.print(table.to_rich())
+    console.print(table.to_rich(LATENCY_SCREEN_COLUMNS))
     for note in table.notes:
         typer.secho(note, fg=typer.colors.YELLOW)
     if json_path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,9 @@ class DisplaySink(Sink):
 
     def __init__(self, title: str = "hdme") -> None:
         self.title = title
+        # Without a display server, OpenCV's Qt/GTK windows abort the whole process.
+        if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise HdmeError("--display needs a desktop session (no DISPLAY is set); use --save-video instead")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:

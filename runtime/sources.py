@@ -191,6 +191,16 @@ class LiveSource(Source):
         return False
 
     def _capture_loop(self) -> None:
+        try:
+            self._capture_frames()
+        except Exception as exc:  # a capture library failing must end the source, not hang its reader
+            self.on_message(f"{self.description}: capture failed ({exc})")
+        finally:
+            with self._cond:
+                self._ended = True
+                self._cond.notify_all()
+
+    def _capture_frames(self) -> None:
         failures = 0
         while not self._stop.is_set():
             ok, image = self._cap.read()
@@ -212,9 +222,6 @@ class LiveSource(Source):
                     self.dropped += 1
                 self._latest = frame
                 self._cond.notify()
-        with self._cond:
-            self._ended = True
-            self._cond.notify_all()
 
     def read(self) -> Frame | None:
         with self._cond:

@@ -236,3 +236,14 @@ def test_run_bad_source_and_bad_sink_are_one_line(onnx_path, tmp_path):
     result = CliRunner().invoke(app, ["run", str(video), "--model", str(onnx_path), "--save-video", str(tmp_path / "o.gifv")])
     assert isinstance(result.exception, HdmeError) and "videos are written as" in str(result.exception)
     assert threading.active_count() < 10
+
+
+def test_display_without_a_desktop_is_one_line(monkeypatch):
+    from hdme.runtime.sinks import DisplaySink
+
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    if not __import__("sys").platform.startswith("linux"):
+        pytest.skip("the display check applies to Linux desktops")
+    with pytest.raises(HdmeError, match="--display needs a desktop session"):
+        DisplaySink()

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 
 from hdme.errors import HdmeError
+from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
 
 # Short names users type → ONNX Runtime provider names, fastest first.
@@ -23,8 +24,6 @@ GRAPH_OPT_LEVELS = {
     "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
     "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
 }
-INPUT_NAME = "image"
-OUTPUT_NAME = "sigma"
 
 
 def best_provider() -> str:

@@ -16,12 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from hdme.errors import HdmeError, require
+from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
 from hdme.export.sidecar import read_sidecar
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
 from hdme.runtime.backends.buffers import CudaApi, grown_capacity, nbytes, open_cuda_api
-
-INPUT_NAME = "image"
-OUTPUT_NAME = "sigma"
 
 
 @dataclass(frozen=True)

@@ -48,7 +48,8 @@ class TorchBackend(Backend):
         with torch.inference_mode():
             if self._autocast_dtype is None:
                 return self.model(x_dev)
-            with torch.autocast("cuda", dtype=self._autocast_dtype):
+            # The autocast weight cache would hold tensors made outside a CUDA-graph capture.
+            with torch.autocast("cuda", dtype=self._autocast_dtype, cache_enabled=False):
                 return self.model(x_dev).float()
 
     def _graph_for(self, shape: tuple[int, ...]):
