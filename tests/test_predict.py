@@ -135,3 +135,15 @@ def test_cli_predict_zhuo_sim(tmp_path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--method", "zhuo-sim"])
     assert result.exit_code == 0, result.output
     assert load_sigma_map(tmp_path / "o" / "a.npy").shape == (64, 80)
+
+
+def test_large_images_are_tiled_by_default(models):
+    predictor = DefocusPredictor(models["tiny"])
+    plan = predictor.plan(4096, 4096)
+    assert plan.mode == "tile" and plan.work_hw == (1024, 1024) and plan.tiles == 25
+    assert predictor.plan(2048, 1536).mode == "direct"
+    rgb = textured_rgb(40, 2100, seed=5)  # longer than 2048 px, yet cheap
+    sigma = predictor.predict(rgb)
+    assert predictor.last_plan.mode == "tile" and predictor.last_plan.tiles == 3
+    assert sigma.shape == (40, 2100)
+    assert np.abs(sigma - DefocusPredictor(models["tiny"], tile=4096).predict(rgb)).mean() < 0.01

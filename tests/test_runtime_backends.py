@@ -117,7 +117,8 @@ def test_profile_and_buffer_sizing():
 def test_tensorrt_engine_matches_onnxruntime(onnx_path, tmp_path):
     from hdme.export.tensorrt import build_engine  # the export stage builds the engine and sidecar
 
-    engine = build_engine(onnx_path, tmp_path / "tiny.engine", precision="fp32", shapes="1x3x32x32:1x3x64x64:2x3x128x128")
+    engine = tmp_path / "tiny.engine"
+    build_engine(onnx_path, engine, precision="fp32", shapes="1x3x32x32:1x3x64x64:2x3x128x128")
     x = np.random.default_rng(2).random((1, 3, 64, 64), dtype=np.float32)
     with create_backend(engine) as trt_backend, create_backend(onnx_path) as ort_backend:
         y, times = trt_backend.infer_timed(x)
@@ -141,3 +142,17 @@ def test_torch_backend_runs_saved_weights(tmp_path):
         expected = net(torch.from_numpy(x)).numpy()
     assert y.shape == (1, 1, 40, 56)
     np.testing.assert_allclose(y, expected, atol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_engine_without_tensorrt_or_sidecar_is_one_line(tmp_path):
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"serialized plan")
+    with pytest.raises(HdmeError, match="build record m.engine.json is missing"):
+        create_backend(engine)
+    (tmp_path / "m.engine.json").write_text(
+        '{"tensorrt_version": "10.8.0", "gpu_name": "x", "compute_capability": "8.7", "precision": "fp16",'
+        ' "profile": {}, "onnx_sha256": "", "calib_sha256": null, "hdme_version": "0.1.0"}'
+    )
+    with pytest.raises(HdmeError, match=r"'tensorrt' is not installed; install it with: pip install 'hdme\[trt\]'"):
+        create_backend(engine)

@@ -90,22 +90,14 @@ class CudaApi(abc.ABC):
         pass
 
 
-def _import_cudart():
-    # cuda-python 12.6 moved the runtime bindings to ``cuda.bindings.runtime`` and 13.0 removed
-    # the old ``cuda.cudart`` module; older releases (still on many JetPack images) only have it.
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        from cuda import cudart
-    return cudart
-
-
 class CudaPythonApi(CudaApi):
     name = "cuda-python"
     supports_graphs = True
 
     def __init__(self, device_id: int = 0) -> None:
-        self.rt = _import_cudart()
+        from hdme.export.tensorrt import cuda_runtime  # handles cuda-python's module move at 12.6
+
+        self.rt = cuda_runtime()
         self.device_id = device_id
         self._check(self.rt.cudaSetDevice(device_id))
         self._host: dict[int, int] = {}  # id(array) → pinned pointer
@@ -264,7 +256,7 @@ def open_cuda_api(device_id: int = 0, prefer: str | None = None) -> CudaApi:
             raise HdmeError(f"unknown CUDA buffer library '{name}' (choose from {', '.join(makers)})")
         try:
             return makers[name](device_id)
-        except ImportError as exc:
+        except (ImportError, HdmeError) as exc:
             errors.append(f"{name}: {exc}")
         except RuntimeError as exc:
             raise HdmeError(f"{name} could not use GPU {device_id}: {exc}") from None
