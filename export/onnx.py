@@ -17,6 +17,8 @@ from hdme.io import atomic_path
 INPUT_NAME = "image"
 OUTPUT_NAME = "sigma"
 DEFAULT_OPSET = 17
+# Per-channel Q/DQ needs opset 13; the TorchScript-based exporter (see export_onnx) stops at 20.
+OPSET_RANGE = (13, 20)
 PARITY_ATOL_PX = 0.01  # the most an FP32 export may differ from PyTorch, in σ px
 INPUT_DOC = "float32 [N,3,H,W] RGB in [0,1] (8-bit value / 255), any H and W"
 OUTPUT_DOC = f"float32 [N,1,H,W] sigma / {SIGMA_SCALE:g}, clamped to [0,1]; sigma = Gaussian PSF std in px"
@@ -156,6 +158,8 @@ def export_onnx(
         check_multiple(*size, multiple, "size")
     if batch < 1:
         raise HdmeError(f"batch must be at least 1, not {batch}")
+    if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
+        raise HdmeError(f"opset {opset}: hdme exports opsets {OPSET_RANGE[0]} to {OPSET_RANGE[1]}")
     h, w = size or (8 * multiple, 8 * multiple)
     example = torch.rand(batch, 3, h, w)
     out = Path(out)

@@ -49,6 +49,8 @@ def test_export_rejects_size_off_the_multiple_and_leaves_nothing(tmp_path):
     model = tiny_network()
     with pytest.raises(HdmeError, match=f"multiples of {model.multiple}"):
         export_onnx(model, tmp_path / "bad.onnx", dynamic=False, size=(model.multiple * 8 - 4, 64), log=lambda line: None)
+    with pytest.raises(HdmeError, match="opsets 13 to 20"):
+        export_onnx(model, tmp_path / "bad.onnx", opset=11, log=lambda line: None)
     assert list(tmp_path.iterdir()) == []
 
 
