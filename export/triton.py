@@ -76,7 +76,8 @@ def write_repository(
     model, repo = Path(model), Path(repo)
     if not model.exists():
         raise HdmeError(f"{model}: no such model file")
-    name = name or model.name.split(".")[0]
+    # model.int8.onnx → "model-int8": variants of one network get entries of their own.
+    name = name or model.stem.replace(".", "-")
     if not name or "/" in name or name.startswith("."):
         raise HdmeError(f"model name '{name}': use a plain folder name")
     if instances < 1:

@@ -194,4 +194,4 @@ def test_onnx_steps_run_without_torch(quantized, calib_dir, tmp_path):
     assert "pass --eval DIR" in lines[-2]  # the synthetic held-out set needs torch: one clear line
     assert not (tmp_path / "f.fp16.onnx").exists()
     assert json.loads((tmp_path / "m.int8-cpu.json").read_text())["heldout"].startswith("folder")
-    assert (tmp_path / "repo" / "m" / "1" / "model.onnx").is_file()
+    assert (tmp_path / "repo" / "m-int8-cpu" / "1" / "model.onnx").is_file()

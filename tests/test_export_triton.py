@@ -28,16 +28,16 @@ def _tiny_onnx(path, batch="N", height="H"):
 def test_onnx_repository_passes_the_schema(tmp_path):
     model = _tiny_onnx(tmp_path / "hdme-tiny.int8.onnx")
     entry = write_repository(model, tmp_path / "repo", max_batch=4, instances=2)
-    assert entry == tmp_path / "repo" / "hdme-tiny"
+    assert entry == tmp_path / "repo" / "hdme-tiny-int8"
     assert (entry / "1" / "model.onnx").read_bytes() == model.read_bytes()
     config = parse_config((entry / "config.pbtxt").read_text())
-    assert config.name == "hdme-tiny" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
+    assert config.name == "hdme-tiny-int8" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 4
     assert [(t.name, list(t.dims)) for t in config.input] == [("image", [3, -1, -1])]
     assert [(t.name, list(t.dims)) for t in config.output] == [("sigma", [1, -1, -1])]
     assert config.HasField("dynamic_batching") and config.instance_group[0].count == 2
     # Writing again replaces the entry and leaves no staging folders behind.
     write_repository(model, tmp_path / "repo", max_batch=2)
-    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["hdme-tiny"]
+    assert sorted(p.name for p in (tmp_path / "repo").iterdir()) == ["hdme-tiny-int8"]
     assert parse_config((entry / "config.pbtxt").read_text()).max_batch_size == 2
 
 
