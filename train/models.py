@@ -2,7 +2,8 @@
 
 Every variant takes RGB float in [0, 1], shape [B, 3, H, W] with any H, W (reflect-padded to the
 network's multiple inside, cropped back), normalises it itself, and returns σ/10 as [B, 1, H, W],
-clamped to [0, 1] outside training.
+clamped to [0, 1] outside training. Reflect padding needs each side above half the multiple
+(8 for hdme-paper, 32 for hdme-w18 and hdme-edge): any image of 32×32 or more works.
 
 - ``hdme-paper``: the authors' network (HRNet-W48 with a stride-1 stem, so branch 0 is at full
   resolution; Bottleneck layer1; stages 2–4 with 1/4/3 modules of 4 BasicBlocks per branch; the

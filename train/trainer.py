@@ -234,7 +234,7 @@ class Trainer:
             self.best_mae = self.last_val["mae"]
             self.export("best")
 
-    def train_step(self) -> float:
+    def train_step(self) -> torch.Tensor:
         image, sigma = self.batches.batch_at(self.step)
         image = image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         target = sigma.to(self.device, non_blocking=True) / SIGMA_SCALE
@@ -250,7 +250,7 @@ class Trainer:
         self.scaler.update()
         self.scheduler.step()
         self.step += 1
-        return float(loss.detach())
+        return loss.detach()  # a tensor: reading it every step would stall a GPU
 
     def run(self) -> TrainResult:
         config, d = self.config, self.d
@@ -263,12 +263,12 @@ class Trainer:
                 if self.step % config.log_every == 0 or self.step == self.total:
                     rate = len(losses) * config.batch * d.world / max(time.monotonic() - window_start, 1e-9)
                     if d.main:
-                        self.log.train(self.step, self.wall(), sum(losses) / len(losses),
+                        self.log.train(self.step, self.wall(), float(torch.stack(losses).mean()),
                                        self.scheduler.get_last_lr()[0], rate)
                     losses, window_start = [], time.monotonic()
                 if d.main:
                     self.log.advance(self.step)
-                out_of_time = d.any(deadline is not None and time.monotonic() >= deadline)
+                out_of_time = deadline is not None and d.any(time.monotonic() >= deadline)
                 if out_of_time:
                     if d.main:
                         self.log.say(f"time budget of {config.max_minutes} min reached at step {self.step}")
