@@ -164,6 +164,6 @@ def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribut
         inv_depth = np.where(alpha > 0.5, depth + tilt[0] * (xs - 0.5) + tilt[1] * (ys - 0.5), inv_depth)
     focus = float(rng.choice(object_depths)) if rng.random() < 0.6 else rng.uniform(inv_depth.min(), inv_depth.max())
     sigma_max = max(float(dist.sample(rng)[0]), 0.5)
-    sigma = scale_to_sigma_max(torch.from_numpy(inv_depth), focus, sigma_max).clamp(0.0, dist.max).numpy()
+    sigma = scale_to_sigma_max(torch.from_numpy(inv_depth), focus, sigma_max).clamp(0.0, dist.max).numpy().astype(np.float32)
     rgb = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return rgb, sigma
