@@ -34,3 +34,17 @@ def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray
             y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
             out[y0:y1, x0:x1] += src[y, x] * k[y0 - y + r : y1 - y + r, x0 - x + r : x1 - x + r, None]
     return out[pad:-pad, pad:-pad]
+
+
+def gather_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray:
+    """The common shortcut Eq. 4 is not: every output pixel averages its neighbours with its own σ."""
+    src = np.pad(sharp, ((pad, pad), (pad, pad), (0, 0)), mode="reflect")
+    h, w = sigma.shape
+    out = np.zeros_like(sharp, dtype=np.float64)
+    for y in range(h):
+        for x in range(w):
+            k = gaussian_psf(float(sigma[y, x]))
+            r = k.shape[0] // 2
+            patch = src[y + pad - r : y + pad + r + 1, x + pad - r : x + pad + r + 1]
+            out[y, x] = (patch * k[..., None]).sum(axis=(0, 1))
+    return out
