@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 
 from hdme.conventions import output_to_sigma, rescale_sigma
+from hdme.errors import HdmeError
 from hdme.runtime.backends import Backend
 from hdme.runtime.predict import pad_to_multiple, rgb_to_input
 from hdme.runtime.sinks import Sink
@@ -59,8 +60,6 @@ class _Item:
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
     """'HxW' → (H, W)."""
-    from hdme.errors import HdmeError
-
     if not text:
         return None
     try:
