@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from hdme.train.synth.maps import SigmaDistribution, scale_to_sigma_max
+from hdme.train.synth.sharpness import SHARP_THRESHOLD, laplacian_variance
 
 SUPERSAMPLE = 4
 _SHIFT = 4  # OpenCV sub-pixel bits for drawing coordinates
@@ -79,11 +80,21 @@ def _fill(kind: str, size: int, rng: np.random.Generator, source) -> np.ndarray:
         return _two_colour(_band_noise(size, rng, cells), rng)
     if kind == "pink":
         return _two_colour(_pink_noise(size, rng), rng)
-    crop = source.sample(rng, size).astype(np.float32) / 255.0
-    if kind == "shuffled":
-        flat = crop.reshape(-1, 3)
-        return flat[rng.permutation(flat.shape[0])].reshape(size, size, 3)
-    return crop  # "photo"
+    if kind == "photo":
+        return _sharp_photo(size, rng, source)
+    flat = source.sample(rng, size).astype(np.float32).reshape(-1, 3) / 255.0
+    return flat[rng.permutation(flat.shape[0])].reshape(size, size, 3)  # "shuffled"
+
+
+def _sharp_photo(size: int, rng: np.random.Generator, source, tries: int = 4) -> np.ndarray:
+    """A photo crop that passes the paper's sharpness bar: scenes label every pixel of a surface
+    with its thin-lens σ, so a crop with blur of its own would carry a wrong label. Falls back to
+    a shuffled crop (sharp by construction) when no crop passes."""
+    for _ in range(tries):
+        crop = source.sample(rng, size)
+        if laplacian_variance(crop) >= SHARP_THRESHOLD:
+            return crop.astype(np.float32) / 255.0
+    return _fill("shuffled", size, rng, source)
 
 
 _BACKGROUND_FILLS = ("flat", "linear", "radial", "noise", "pink", "photo", "stripes", "shuffled")
