@@ -83,7 +83,8 @@ def open_source(spec: str):
 def split_names(count: int, seed: int) -> list[tuple[str, str]]:
     """(name, split) for every index: a seeded 8:1:1 assignment."""
     order = np.random.default_rng([seed, 0x5B11]).permutation(count)
-    n_train, n_val = int(round(count * SPLITS[0][1])), int(round(count * SPLITS[1][1]))
+    n_val, n_test = (int(round(count * share)) for _, share in SPLITS[1:])
+    n_train = count - n_val - n_test
     split_of = np.empty(count, dtype=object)
     split_of[order[:n_train]] = "train"
     split_of[order[n_train : n_train + n_val]] = "val"
