@@ -24,7 +24,9 @@ def _losses(run):
 
 def test_loss_falls_and_run_folder_is_complete(tmp_path):
     run = tmp_path / "run"
-    result = train(TrainConfig(out=str(run), steps=24, lr=3e-3, schedule="cosine", min_lr_ratio=1.0, **TINY))
+    # Echo: each rendered batch serves 4 steps as new crops/flips/turns (rendering dominates here).
+    result = train(TrainConfig(out=str(run), steps=24, lr=3e-3, schedule="cosine", min_lr_ratio=1.0, echo=4,
+                               synth_size=40, **TINY))
     losses = _losses(run)
     assert len(losses) == 24
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
@@ -65,8 +67,9 @@ def test_trains_on_pairs_for_epochs(tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, source):
     data = str(_pairs(tmp_path / "pairs")) if source == "pairs" else None
     batches = train_data.PairBatches if data else train_data.SyntheticBatches
+    options = dict(TINY, data=data) | ({} if data else {"echo": 3, "synth_size": 36})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
-    train(TrainConfig(out=str(whole), steps=8, data=data, **TINY))
+    train(TrainConfig(out=str(whole), steps=8, **options))
 
     real_batch_at = batches.batch_at
 
@@ -77,10 +80,10 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, source):
 
     monkeypatch.setattr(batches, "batch_at", crash_at_step_6)
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(out=str(broken), steps=8, data=data, **TINY))
+        train(TrainConfig(out=str(broken), steps=8, **options))
     assert torch.load(broken / "last.ckpt", weights_only=True)["step"] == 4
     monkeypatch.setattr(batches, "batch_at", real_batch_at)
-    train(TrainConfig(out=str(broken), steps=8, data=data, resume=True, **TINY))
+    train(TrainConfig(out=str(broken), steps=8, resume=True, **options))
 
     a, b = load_file(whole / "final.safetensors"), load_file(broken / "final.safetensors")
     assert a.keys() == b.keys()
