@@ -33,15 +33,10 @@ def _console(stderr: bool = False):
 
 
 def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:
-    """Options the chosen engine understands (auto may pick ONNX Runtime)."""
-    if backend in ("auto", "onnxruntime"):
-        options = {"intra_op_threads": threads}
-        if provider:
-            options["provider"] = provider
-        return options
-    if provider:
+    """Keyword arguments of create_backend for the common options."""
+    if provider and backend not in ("auto", "onnxruntime"):
         raise HdmeError("--provider applies to the onnxruntime backend only")
-    return {"threads": threads} if backend == "torch" and threads else {}
+    return {"threads": threads, **({"provider": provider} if provider else {})}
 
 
 def predict_command(
@@ -196,8 +191,7 @@ def bench_latency_command(
         models=models or None, backends=backends or None, precisions=precisions or None,
         sizes=[parse_size(s) for s in sizes] if sizes else DEFAULT_SIZES, batches=batches,
         warmup=warmup, iters=iters, duration=duration, stream=stream,
-        backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads),
-                         "torch": _backend_options("torch", None, threads)},
+        backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads), "torch": {"threads": threads}},
         on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
     console.print(table.to_rich(LATENCY_SCREEN_COLUMNS))

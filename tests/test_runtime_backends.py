@@ -24,7 +24,7 @@ def onnx_path(tmp_path_factory):
 def test_onnxruntime_backend_matches_direct_session(onnx_path):
     x = np.random.default_rng(1).random((2, 3, 33, 47), dtype=np.float32)
     direct = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"image": x})[0]
-    with create_backend(onnx_path, "onnxruntime", provider="cpu", intra_op_threads=1) as backend:
+    with create_backend(onnx_path, "onnxruntime", provider="cpu", threads=1) as backend:
         y = backend.infer(x)
         y_timed, times = backend.infer_timed(x[:1])
         assert backend.name == "onnxruntime" and backend.precision == "fp32" and backend.device == "cpu"

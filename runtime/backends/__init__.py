@@ -74,15 +74,17 @@ def resolve_model(model: str | Path | None, backend: str = "auto", precision: st
     return "torch", model, f"shipped {model}: safetensors weights on torch ({why})"
 
 
-def create_backend(model: str | Path | None = None, backend: str = "auto", precision: str | None = None, **options) -> Backend:
-    """Load ``model`` on ``backend``; ``options`` go to that backend's constructor."""
+def create_backend(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
+                   threads: int = 0, **options) -> Backend:
+    """Load ``model`` on ``backend``. ``threads``: CPU threads for inference (0: the engine's
+    default); ``options`` go to the chosen engine's constructor."""
     name, target, why = resolve_model(model, backend, precision)
     if name == "onnxruntime":
         from hdme.runtime.backends.onnxruntime import OnnxRuntimeBackend
 
         if precision in ("fp16", "int8") and options.get("provider") == "tensorrt":
             options.setdefault(precision, True)
-        engine = OnnxRuntimeBackend(target, **options)
+        engine = OnnxRuntimeBackend(target, intra_op_threads=threads, **options)
         if precision not in (None, engine.precision):
             raise HdmeError(f"{target} is a {engine.precision} model; ONNX Runtime runs a model at its file's precision")
     elif name == "tensorrt":
@@ -94,7 +96,7 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", preci
     else:
         from hdme.runtime.backends.torch import TorchBackend
 
-        engine = TorchBackend(target, precision=precision or "fp32", **options)
+        engine = TorchBackend(target, precision=precision or "fp32", threads=threads, **options)
     engine.selection = f"{'auto' if backend == 'auto' else 'requested'}: {engine.describe()} ({why})"
     log.info("backend %s", engine.selection)
     return engine
