@@ -153,6 +153,13 @@ def test_cli_merges_config_file_and_flags(tmp_path):
     assert resolved["steps"] == 2 and resolved["lr"] == 0.002 and resolved["loss"] == "l1"
     assert resolved["model"] == "hdme-tiny" and resolved["total_steps"] == 2
 
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", "3"])
+    assert result.exit_code == 0, result.output
+    resolved = json.loads((run / "config.json").read_text())
+    assert resolved["model"] == "hdme-tiny" and resolved["lr"] == 0.002 and resolved["total_steps"] == 3
+    assert resolved["resume"] is True
+    assert json.loads((run / "final.json").read_text())["steps"] == 3
+
     cfg.write_text(json.dumps({"trian": {}}))
     result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--steps", "2"])
     assert isinstance(result.exception, HdmeError)

@@ -28,6 +28,20 @@ def read_train_config(path: Path) -> dict:
     return section
 
 
+def saved_run_config(run: Path) -> dict:
+    """The options a run was started with (RUN/config.json), so ``--out RUN --resume`` suffices."""
+    path = run / "config.json"
+    if not path.is_file():
+        return {}
+    try:
+        values = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise HdmeError(f"{path}: not valid JSON ({exc})") from None
+    for key in ("total_steps", "world_size", "resume"):  # written for the record, not options
+        values.pop(key, None)
+    return values
+
+
 def train_command(
     model: Optional[str] = typer.Option(None, "--model", help="Variant: hdme-paper, hdme-w18, hdme-edge, hdme-tiny."),
     out: Optional[Path] = typer.Option(None, "--out", help="Run folder (config.json, last.ckpt, metrics.csv, tb/, best/final.safetensors)."),
@@ -43,7 +57,7 @@ def train_command(
     recipe: Optional[str] = typer.Option(None, "--recipe", help="Synthesis recipe (name or JSON) for the stream and the validation split."),
     source: Optional[str] = typer.Option(None, "--source", help="Photos for the synthetic stream: bundled (default), a folder, or coco:DIR."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON config; its \"train\" section sets defaults that flags override."),
-    resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.ckpt exactly."),
+    resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.ckpt exactly, with the options in OUT/config.json unless given again."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors), e.g. to fine-tune."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every K steps."),
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every K steps."),
@@ -58,7 +72,8 @@ def train_command(
 
     if data is not None and synthetic:
         raise HdmeError("--data and --synthetic exclude each other")
-    values = read_train_config(config) if config else {}
+    values = saved_run_config(out) if resume and out is not None else {}
+    values.update(read_train_config(config) if config else {})
     flags = {
         "model": model, "out": out, "data": data, "steps": steps, "epochs": epochs, "batch": batch, "size": size,
         "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "val_every": val_every,
