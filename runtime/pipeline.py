@@ -19,7 +19,8 @@ import numpy as np
 from hdme.conventions import output_to_sigma, rescale_sigma
 from hdme.errors import HdmeError
 from hdme.runtime.backends import Backend
-from hdme.runtime.predict import pad_to_multiple, rgb_to_input
+from hdme.export.onnx import parse_size as parse_hw
+from hdme.runtime.predict import MIN_SIDE, pad_to_multiple, rgb_to_input
 from hdme.runtime.sinks import Sink
 from hdme.runtime.sources import Frame, Source
 from hdme.runtime.stats import latency_stats
@@ -59,15 +60,12 @@ class _Item:
 
 
 def parse_size(text: str | None) -> tuple[int, int] | None:
-    """'HxW' → (H, W)."""
+    """'HxW' → (H, W) for a model input, None for none."""
     if not text:
         return None
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise HdmeError(f"size '{text}' is not HxW (e.g. 480x640)") from None
-    if h < 32 or w < 32:
-        raise HdmeError(f"size '{text}' is below the 32 px the network needs")
+    h, w = parse_hw(text)
+    if min(h, w) < MIN_SIDE:
+        raise HdmeError(f"size '{text}' is below the {MIN_SIDE} px the network needs")
     return h, w
 
 
