@@ -75,7 +75,7 @@ def classify_source(spec: str) -> str:
     if path.is_dir():
         return "folder"
     if not path.exists():
-        raise HdmeError(f"{spec}: no such file, folder, camera index or stream URL")
+        raise HdmeError(f"{spec}: no such file, folder, camera index or stream URL (GStreamer pipelines join elements with '!')")
     return "image" if is_image_file(path) else "video"
 
 
