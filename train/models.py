@@ -93,7 +93,6 @@ class HDMENet(nn.Module):
         if stride not in (1, 2, 4):
             raise ValueError(f"stem_stride must be 1, 2 or 4, not {stride}")
         mode = config["fuse_upsample"]
-        self.upsample_mode = mode
         self.stem_stride = stride
         self.multiple = stride * 2 ** (len(config["stages"][-1]["widths"]) - 1)
         self.register_buffer("mean", torch.tensor(RGB_MEAN).view(1, 3, 1, 1), persistent=False)
@@ -148,8 +147,8 @@ class HDMENet(nn.Module):
         x = F.pad(image, (0, pad_w, 0, pad_h), mode="reflect")
         x = (x - self.mean) / self.std
 
-        half = self.stem1(x)
-        feats = [self.layer1(self.stem2(half))]
+        early = self.stem1(x)  # at 1/2 when the stem downsamples: the head's half-resolution skip
+        feats = [self.layer1(self.stem2(early))]
         for transition, stage in zip(self.transitions, self.stages):
             feats = stage(transition(feats))
         y = feats[0]
@@ -157,7 +156,7 @@ class HDMENet(nn.Module):
         for level, conv in zip(self.head_levels, self.up):
             y = upsample(y, 2, "bilinear")
             if level == 2 and 2 in self.head_skips:
-                y = torch.cat([y, half], dim=1)
+                y = torch.cat([y, early], dim=1)
             elif level == 1 and self.full_res is not None:
                 y = torch.cat([y, self.full_res(x)], dim=1)
             y = conv(y)
