@@ -185,9 +185,13 @@ class StreamPipeline:
         finally:
             stats.seconds = time.perf_counter() - start
             self._stop.set()
-            self.source.close()
+            if self.source.live:  # unblocks a reader waiting for a frame; the capture thread owns the device
+                self.source.close()
             for t in threads:
                 t.join(timeout=5)
+            # A file is closed only after the reader stopped: OpenCV captures must not be
+            # released while another thread decodes from them.
+            self.source.close()
             for sink in self.sinks:
                 sink.close()
         stats.dropped, stats.corrupt = self.source.dropped, self.source.corrupt

@@ -231,6 +231,8 @@ class LiveSource(Source):
             return frame
 
     def close(self) -> None:
+        if self._stop.is_set():
+            return
         self._stop.set()
         self._thread.join(timeout=5)
         if not self._thread.is_alive():
