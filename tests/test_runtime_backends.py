@@ -156,3 +156,21 @@ def test_engine_without_tensorrt_or_sidecar_is_one_line(tmp_path):
     )
     with pytest.raises(HdmeError, match=r"'tensorrt' is not installed; install it with: pip install 'hdme\[trt\]'"):
         create_backend(engine)
+
+
+def test_onnxruntime_provider_chains(onnx_path, tmp_path):
+    from hdme.runtime.backends.onnxruntime import OnnxRuntimeBackend
+
+    chain = OnnxRuntimeBackend._provider_chain("tensorrt", True, False, tmp_path / "cache", 1)
+    assert [p if isinstance(p, str) else p[0] for p in chain] == [
+        "TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt_options = chain[0][1]
+    assert trt_options["trt_engine_cache_enable"] and trt_options["trt_engine_cache_path"] == str(tmp_path / "cache")
+    assert trt_options["trt_fp16_enable"] and not trt_options["trt_int8_enable"] and trt_options["device_id"] == 1
+    assert (tmp_path / "cache").is_dir()
+    assert OnnxRuntimeBackend._provider_chain("cpu", False, False, tmp_path, 0) == ["CPUExecutionProvider"]
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        with pytest.raises(HdmeError, match="this ONNX Runtime build has no CUDAExecutionProvider"):
+            create_backend(onnx_path, provider="cuda")
+    with pytest.raises(HdmeError, match="unknown graph optimisation level"):
+        create_backend(onnx_path, graph_optimization="max")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -30,6 +31,13 @@ def best_provider() -> str:
     """The fastest provider this ONNX Runtime build offers, as a short name."""
     available = set(ort.get_available_providers())
     return next(short for short, full in PROVIDERS.items() if full in available)
+
+
+def default_cache_dir() -> Path:
+    """Where the TensorRT EP keeps engines: the user's cache, since shipped models may sit in a
+    read-only install."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "hdme" / "ort-tensorrt"
 
 
 def precision_from_name(path: Path) -> str:
@@ -76,7 +84,7 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = int(inter_op_threads)
         options.graph_optimization_level = GRAPH_OPT_LEVELS[graph_optimization]
         options.log_severity_level = 3
-        providers = self._provider_chain(provider, fp16, int8, cache_dir or self.model_path.parent / ".trt-cache", device_id)
+        providers = self._provider_chain(provider, fp16, int8, Path(cache_dir) if cache_dir else default_cache_dir(), device_id)
         try:
             self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
         except Exception as exc:  # ORT raises several unrelated types for unreadable graphs
