@@ -97,7 +97,9 @@ def colorize(sigma: np.ndarray, vmax: float = SIGMA_MAX) -> np.ndarray:
 
 def scale_bar(height: int, vmax: float = SIGMA_MAX, width: int = 56) -> np.ndarray:
     """A vertical BGR colour bar with tick labels in px, ``height`` pixels tall."""
-    height = max(int(height), 64)
+    if height < 64:
+        # Tick labels need room: draw at 64 px and shrink, so tiny frames still get a bar.
+        return cv2.resize(scale_bar(64, vmax, width), (width, max(int(height), 1)), interpolation=cv2.INTER_AREA)
     ramp = np.linspace(vmax, 0.0, height, dtype=np.float32)[:, None].repeat(14, axis=1)
     bar = np.full((height, width, 3), 255, np.uint8)
     bar[:, 4:18] = colorize(ramp, vmax)

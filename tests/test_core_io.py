@@ -109,3 +109,9 @@ def test_atomic_outputs_get_normal_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "a.json").stat().st_mode & 0o777 == 0o644
+
+
+def test_side_by_side_on_frames_smaller_than_the_bar_labels():
+    for h in (1, 20, 63, 64, 300):
+        pic = conventions.side_by_side(np.zeros((h, 40, 3), np.uint8), np.zeros((h, 40), np.float32))
+        assert pic.shape[0] == h
