@@ -92,26 +92,29 @@ def gaussian_map(size: int, rng: np.random.Generator, dist: SigmaDistribution, d
 
 def superpixel_labels(image: torch.Tensor, rng: np.random.Generator, regions: tuple[int, int] = (4, 16), iterations: int = 6) -> torch.Tensor:
     """SLIC-like segments of an (unshuffled) RGB image [3,H,W]: k-means on colour and position of a
-    64-px thumbnail, then every full-resolution pixel takes its nearest centre. Returns long [H,W]."""
+    smoothed 64-px thumbnail, labels upsampled to full resolution. Returns long [H,W].
+
+    Labels are decided on the thumbnail so that every segment is a spatially coherent region:
+    assigning full-resolution pixels by colour scatters a segment over every pixel of that colour,
+    a σ map that changes from pixel to pixel, which no image can show."""
     _, h, w = image.shape
     k = int(rng.integers(regions[0], regions[1] + 1))
-    compact = float(rng.uniform(0.2, 1.0))  # weight of position against colour: rounder or more colour-led segments
+    compact = float(rng.uniform(1.0, 3.0))  # weight of position against colour: rounder or more colour-led segments
 
-    def features(img: torch.Tensor) -> torch.Tensor:
-        hh, ww = img.shape[-2:]
-        yy = torch.linspace(0, 1, hh, device=img.device)[:, None].expand(hh, ww)
-        xx = torch.linspace(0, 1, ww, device=img.device)[None, :].expand(hh, ww)
-        return torch.cat([img.reshape(3, -1), compact * yy.reshape(1, -1), compact * xx.reshape(1, -1)]).T
-
-    thumb = F.interpolate(image[None], size=(min(h, 64), min(w, 64)), mode="area")[0]
-    pts = features(thumb)
+    thumb = F.interpolate(image[None], size=(min(h, 64), min(w, 64)), mode="area")
+    thumb = F.avg_pool2d(F.pad(thumb, (1, 1, 1, 1), mode="replicate"), 3, stride=1)[0]
+    th, tw = thumb.shape[-2:]
+    yy = torch.linspace(0, 1, th, device=image.device)[:, None].expand(th, tw)
+    xx = torch.linspace(0, 1, tw, device=image.device)[None, :].expand(th, tw)
+    pts = torch.cat([thumb.reshape(3, -1), compact * yy.reshape(1, -1), compact * xx.reshape(1, -1)]).T
     centres = pts[torch.from_numpy(rng.choice(pts.shape[0], size=k, replace=False)).to(image.device)]
     for _ in range(iterations):
         assign = torch.cdist(pts, centres).argmin(dim=1)
         counts = torch.bincount(assign, minlength=k).clamp(min=1).to(pts.dtype)
         sums = torch.zeros_like(centres).index_add_(0, assign, pts)
         centres = torch.where(torch.bincount(assign, minlength=k)[:, None] > 0, sums / counts[:, None], centres)
-    return torch.cdist(features(image), centres).argmin(dim=1).reshape(h, w)
+    labels = torch.cdist(pts, centres).argmin(dim=1).reshape(1, 1, th, tw).float()
+    return F.interpolate(labels, size=(h, w), mode="nearest")[0, 0].long()
 
 
 def segment_map(labels: torch.Tensor, rng: np.random.Generator, dist: SigmaDistribution) -> torch.Tensor:

@@ -79,14 +79,16 @@ RECIPES: dict[str, SynthRecipe] = {
     # blur as a σ floor, and camera noise with JPEG.
     "hdme": SynthRecipe(
         name="hdme",
-        scene_fraction=0.6,
+        scene_fraction=0.7,
         maps={"patch": 0.25, "gaussian": 0.3, "segment": 0.25, "depth": 0.2},
-        sigma={"kind": "favour_small", "max": 10.0, "small_max": 4.0, "small_prob": 0.65},
+        # Real photos are mostly 0–3 px: where blur cannot be seen (flat regions, large σ on
+        # shuffled pixels) the network falls back on this prior, so it must look like real data.
+        sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.8},
         psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
         camera_sigma=[0.25, 0.6],
         noise="camera",
-        noise_probability=0.7,
-        jpeg_probability=0.4,
+        noise_probability=0.6,
+        jpeg_probability=0.3,
     ),
 }
 
