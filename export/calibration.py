@@ -12,17 +12,13 @@ from typing import Iterator
 import cv2
 import numpy as np
 
+from hdme.conventions import rgb_to_input
 from hdme.errors import HdmeError
 from hdme.images import list_images, read_image
 from hdme.io import write_bytes
 
 CALIB_SIZE = (256, 256)  # H, W: the size of the COCO_shuffle crops in calib_data/
 CACHE_MAGIC = b"hdme-calibration-cache v1 "
-
-
-def image_to_input(rgb: np.ndarray) -> np.ndarray:
-    """RGB uint8 H×W×3 → float32 3×H×W in [0, 1], the network's input layout."""
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
 
 
 def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -61,7 +57,7 @@ class CalibrationSet:
         return len(self.paths)
 
     def load(self, index: int) -> np.ndarray:
-        return image_to_input(fit_to_size(read_image(self.paths[index]), self.size))
+        return rgb_to_input(fit_to_size(read_image(self.paths[index]), self.size))[0]
 
     def batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """Full batches [B, 3, H, W] in order; a last partial batch is dropped, because a TensorRT

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hdme.conventions import output_to_sigma
+from hdme.conventions import output_to_sigma, rgb_to_input
 from hdme.errors import HdmeError
 from hdme.metrics import map_metrics
 
@@ -48,7 +48,6 @@ def synthetic_heldout(count: int, size: int, seed: int = HELDOUT_SEED) -> HeldOu
 
 def folder_heldout(folder: str | os.PathLike, count: int | None = None) -> HeldOut:
     from hdme.datasets import load_dataset
-    from hdme.export.calibration import image_to_input
 
     samples = [s for s in load_dataset(str(folder), limit=count) if s.sigma is not None]
     if not samples:
@@ -57,7 +56,7 @@ def folder_heldout(folder: str | os.PathLike, count: int | None = None) -> HeldO
         if s.sigma.shape != s.image.shape[:2]:
             raise HdmeError(f"{folder}: σ map of {s.name} is {s.sigma.shape}, its image {s.image.shape[:2]}")
     return HeldOut(
-        [image_to_input(s.image) for s in samples],
+        [rgb_to_input(s.image)[0] for s in samples],
         [s.sigma.astype(np.float32) for s in samples],
         f"folder {folder}, {len(samples)} images",
     )

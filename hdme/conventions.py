@@ -24,6 +24,24 @@ PNG_SCALE = 1000.0  # 16-bit PNG value = round(PNG_SCALE · σ)
 COLORMAP = cv2.COLORMAP_INFERNO
 
 
+def rgb_to_input(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """RGB uint8 H×W×3 → float32 [1,3,H,W] in [0, 1] (every model's input), written into ``out`` when given."""
+    if out is None:
+        out = np.empty((1, 3, *rgb.shape[:2]), np.float32)
+    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[0], casting="unsafe")
+    return out
+
+
+PRECISION_TAGS = ("int8-cpu", "int8", "fp16", "bf16")
+
+
+def precision_from_name(path: str | os.PathLike) -> str:
+    """Exported models carry their precision in the name: NAME.fp16.onnx, NAME.int8.onnx (TensorRT
+    Q/DQ), NAME.int8-cpu.onnx (ONNX Runtime on CPUs), NAME.fp16.engine; anything else is fp32."""
+    parts = Path(path).name.lower().split(".")[1:-1]
+    return next((tag for tag in PRECISION_TAGS if tag in parts), "fp32")
+
+
 def sigma_to_output(sigma: np.ndarray) -> np.ndarray:
     return np.asarray(sigma, dtype=np.float32) / SIGMA_SCALE
 

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from hdme import __version__
-from hdme.conventions import SIGMA_MAX
+from hdme.conventions import SIGMA_MAX, precision_from_name
 from hdme.datasets import Sample, load_dataset
 from hdme.errors import HdmeError
 from hdme.metrics import blur_detection_metrics, map_metrics, mean_metrics, rtf_metrics
@@ -86,17 +86,6 @@ class Dataset:
 # Methods
 
 
-def precision_of(model: str | None) -> str:
-    """Precision a model file carries in its name (NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-cpu.onnx)."""
-    if not model:
-        return "fp32"
-    parts = Path(model).name.lower().split(".")[1:-1]
-    for tag in ("int8-cpu", "int8", "fp16", "bf16"):
-        if tag in parts:
-            return tag
-    return "fp32"
-
-
 def methods_for(
     models: Iterable[str | None],
     backends: Iterable[str],
@@ -113,7 +102,7 @@ def methods_for(
         elif method == "hdme":
             for model in models:
                 for backend in backends:
-                    out.append(Method("hdme", model, backend, precision_of(model), _builder("hdme", model, backend, max_side)))
+                    out.append(Method("hdme", model, backend, precision_from_name(model) if model else "fp32", _builder("hdme", model, backend, max_side)))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
     return out

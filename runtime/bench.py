@@ -22,7 +22,8 @@ from hdme.conventions import output_to_sigma
 from hdme.errors import HdmeError
 from hdme.io import atomic_path, write_json, write_text
 from hdme.runtime.backends import FILE_BACKENDS, available_backends, create_backend
-from hdme.runtime.predict import pad_to_multiple, rgb_to_input
+from hdme.conventions import rgb_to_input
+from hdme.runtime.predict import pad_to_multiple
 from hdme.runtime.stats import UNSTABLE_CV, is_unstable, latency_stats
 
 DEFAULT_SIZES = ((256, 256), (480, 640), (720, 1280))

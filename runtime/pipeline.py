@@ -20,7 +20,8 @@ from hdme.conventions import output_to_sigma, rescale_sigma
 from hdme.errors import HdmeError
 from hdme.runtime.backends import Backend
 from hdme.export.onnx import parse_size as parse_hw
-from hdme.runtime.predict import MIN_SIDE, pad_to_multiple, rgb_to_input
+from hdme.conventions import rgb_to_input
+from hdme.runtime.predict import MIN_SIDE, pad_to_multiple
 from hdme.runtime.sinks import Sink
 from hdme.runtime.sources import Frame, Source
 from hdme.runtime.stats import latency_stats

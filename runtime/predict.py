@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from hdme.conventions import output_to_sigma, rescale_sigma, save_sigma_map, side_by_side
+from hdme.conventions import output_to_sigma, rescale_sigma, rgb_to_input, save_sigma_map, side_by_side
 from hdme.errors import HdmeError
 from hdme.images import expand_inputs, read_image, write_image
 from hdme.runtime.backends import create_backend
@@ -19,14 +19,6 @@ AUTO_TILE_ABOVE = 2048  # px on the longer side: beyond it a whole image costs G
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
 FORMATS = ("npy", "png")
-
-
-def rgb_to_input(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """RGB uint8 H×W×3 → float32 [1,3,H,W] in [0, 1], written into ``out`` when given."""
-    if out is None:
-        out = np.empty((1, 3, *rgb.shape[:2]), np.float32)
-    np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[0], casting="unsafe")
-    return out
 
 
 def pad_to_multiple(x: np.ndarray, multiple: int) -> np.ndarray:

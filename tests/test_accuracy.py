@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from hdme.conventions import precision_from_name
 from hdme.conventions import save_sigma_map
 from hdme.datasets import load_dataset, shared_data_dir
 from hdme.errors import HdmeError
@@ -18,7 +19,6 @@ from hdme.runtime.accuracy import (
     decode_sigma_thumb,
     load_benchmark_dataset,
     methods_for,
-    precision_of,
     render_markdown,
     run_accuracy,
     table_columns,
@@ -140,12 +140,12 @@ def test_a_model_that_cannot_load_is_one_line(map_dir):
 
 
 def test_precision_from_file_names_and_method_rows():
-    assert precision_of("m.onnx") == "fp32"
-    assert precision_of("out/hdme-edge.fp16.onnx") == "fp16"
-    assert precision_of("hdme-edge.int8.onnx") == "int8"
-    assert precision_of("hdme-edge.int8-cpu.onnx") == "int8-cpu"
-    assert precision_of("a.fp16.engine") == "fp16"
-    assert precision_of(None) == "fp32"
+    assert precision_from_name("m.onnx") == "fp32"
+    assert precision_from_name("out/hdme-edge.fp16.onnx") == "fp16"
+    assert precision_from_name("hdme-edge.int8.onnx") == "int8"
+    assert precision_from_name("hdme-edge.int8-cpu.onnx") == "int8-cpu"
+    assert precision_from_name("a.fp16.engine") == "fp16"
+    assert precision_from_name("m.engine") == "fp32"
     rows = methods_for(["a.onnx", "a.int8.onnx"], ["onnxruntime", "torch"], ["hdme", "zhuo-sim"])
     assert [(m.method, m.model, m.backend, m.precision) for m in rows] == [
         ("hdme", "a.onnx", "onnxruntime", "fp32"), ("hdme", "a.onnx", "torch", "fp32"),

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from hdme.conventions import precision_from_name
 from hdme.errors import HdmeError
 from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
@@ -38,15 +39,6 @@ def default_cache_dir() -> Path:
     read-only install."""
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "hdme" / "ort-tensorrt"
-
-
-def precision_from_name(path: Path) -> str:
-    """Exported files carry their precision in the name (``x.int8-cpu.onnx``, ``x.fp16.onnx``)."""
-    tokens = path.name.lower().replace("-", ".").split(".")
-    for precision in ("int8", "fp16", "bf16"):
-        if precision in tokens:
-            return precision
-    return "fp32"
 
 
 class OnnxRuntimeBackend(Backend):
