@@ -33,45 +33,53 @@ def _mix(*parts: int) -> int:
 
 
 class SyntheticBatches:
-    """Batches from ``SyntheticStream``: the batch of step t comes from a stream seeded with
-    (seed, rank, t // echo), so every rank draws different data and a resumed run needs no stream
-    state. Opening a stream costs two generator seedings; the image sources are loaded once.
+    """Batches from ``SyntheticStream``. Chunk k (one stream batch) comes from a stream seeded with
+    (seed, rank, k), so every rank draws different data and a resumed run needs no stream state.
+    Opening a stream costs two generator seedings; the image sources are loaded once.
 
-    ``echo`` > 1 reuses each synthesised batch for that many steps, each time as a different random
-    crop (from ``synth_size`` down to ``size``), flip and 90° turn: rendering a sample costs several
-    training steps on a CPU, and σ labels are unchanged by these transforms (the PSF is isotropic).
+    ``echo`` > 1 renders a new chunk only every ``echo`` steps, so each sample is used ``echo``
+    times on average: rendering a sample costs several training steps on a CPU. The samples of a
+    step are drawn at random from the last ``pool`` chunks, each as a random crop (``synth_size`` →
+    ``size``), flip and 90° turn, so a step never sees one chunk over and over (consecutive repeats
+    of one batch make the model chase that batch). σ labels are unchanged by these transforms
+    (the PSF is isotropic).
     """
 
     def __init__(self, recipe: Any, size: int, batch: int, seed: int, rank: int = 0,
                  device: str | torch.device = "cpu", sources: Any = None, echo: int = 1,
-                 synth_size: int | None = None):
+                 synth_size: int | None = None, pool: int = 16):
         from hdme.train.synth.sources import as_source
 
-        if echo < 1 or (synth_size is not None and synth_size < size):
-            raise ValueError("echo must be ≥ 1 and synth_size ≥ size")
+        if echo < 1 or pool < 1 or (synth_size is not None and synth_size < size):
+            raise ValueError("echo and pool must be ≥ 1, synth_size ≥ size")
         self.recipe, self.size, self.batch, self.seed, self.rank = recipe, size, batch, seed, rank
         self.device = device
-        self.echo = echo
+        self.echo, self.pool = echo, pool
         self.synth_size = synth_size or size
         self.source = as_source(sources)  # loaded once, shared by every step's stream
-        self._cached: tuple[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def _synthesised(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         from hdme.train.synth import SyntheticStream
 
-        if self._cached is None or self._cached[0] != k:
+        if k not in self._chunks:
             stream = SyntheticStream(self.recipe, self.synth_size, self.batch, _mix(self.seed, self.rank, k),
                                      device=self.device, sources=self.source)
-            self._cached = (k, stream.next_batch())
-        return self._cached[1]
+            self._chunks[k] = stream.next_batch()
+        return self._chunks[k]
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, sigma = self._synthesised(step // self.echo)
+        newest = step // self.echo
         if self.echo == 1 and self.synth_size == self.size:
-            return image, sigma
+            return self._chunk(newest)
+        oldest = max(0, newest - self.pool + 1)
+        for k in [k for k in self._chunks if k < oldest]:
+            del self._chunks[k]
         rng = np.random.default_rng(_mix(self.seed, self.rank, step, 1))
         images, sigmas = [], []
-        for i in range(image.shape[0]):
+        for _ in range(self.batch):
+            image, sigma = self._chunk(int(rng.integers(oldest, newest + 1)))
+            i = int(rng.integers(self.batch))
             y, x = rng.integers(0, self.synth_size - self.size + 1, size=2)
             turns, flip = int(rng.integers(4)), bool(rng.integers(2))
             pair = torch.cat([image[i], sigma[i]])[:, y:y + self.size, x:x + self.size]

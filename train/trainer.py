@@ -56,8 +56,9 @@ class TrainConfig:
     compile: bool = False
     workers: int = 2
     seed: int = 0
-    echo: int = 1  # steps per synthesised batch (random crop/flip/turn each step); > 1 where rendering is the bottleneck
-    synth_size: int | None = None  # side the stream renders at before echo crops; None = size
+    echo: int = 1  # steps per newly synthesised batch (each sample used this often); > 1 where rendering is the bottleneck
+    synth_size: int | None = None  # side the stream renders at before the random crops; None = size
+    pool: int = 16  # with echo: samples are drawn from the last `pool` synthesised batches
     val_every: int = 500
     val_count: int = 64
     val_size: int | None = None  # None = size
@@ -161,7 +162,7 @@ class Trainer:
 
             self.batches = SyntheticBatches(self.recipe, config.size, config.batch, config.seed, d.rank,
                                             device=self.device, sources=open_source(config.source),
-                                            echo=config.echo, synth_size=config.synth_size)
+                                            echo=config.echo, synth_size=config.synth_size, pool=config.pool)
             self.total = config.steps
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
