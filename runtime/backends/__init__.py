@@ -85,13 +85,15 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", preci
         if precision in ("fp16", "int8") and options.get("provider") == "tensorrt":
             options.setdefault(precision, True)
         engine = OnnxRuntimeBackend(target, intra_op_threads=threads, **options)
-        if precision not in (None, engine.precision):
+        # "int8-cpu" (ONNX Runtime's CPU layout) is an INT8 model like "int8" (TensorRT's Q/DQ).
+        if precision not in (None, engine.precision.split("-")[0]):
             raise HdmeError(f"{target} is a {engine.precision} model; ONNX Runtime runs a model at its file's precision")
     elif name == "tensorrt":
         from hdme.runtime.backends.tensorrt import TensorRTBackend
 
         engine = TensorRTBackend(target, **options)
-        if precision not in (None, engine.precision):
+        # "int8-cpu" (ONNX Runtime's CPU layout) is an INT8 model like "int8" (TensorRT's Q/DQ).
+        if precision not in (None, engine.precision.split("-")[0]):
             raise HdmeError(f"{target} is a {engine.precision} engine, not {precision}")
     else:
         from hdme.runtime.backends.torch import TorchBackend
