@@ -163,3 +163,14 @@ def test_cli_merges_config_file_and_flags(tmp_path):
     cfg.write_text(json.dumps({"trian": {}}))
     result = CliRunner().invoke(app, ["train", "--config", str(cfg), "--out", str(run), "--steps", "2"])
     assert isinstance(result.exception, HdmeError)
+
+
+def test_synthetic_batches_keep_at_most_pool_batches_in_memory():
+    from hdme.train.data import SyntheticBatches
+    from hdme.train.synth import get_recipe
+
+    for echo, synth_size in ((1, None), (2, 40)):
+        batches = SyntheticBatches(get_recipe("paper"), 32, 2, seed=0, echo=echo, synth_size=synth_size, pool=3)
+        for step in range(12):
+            batches.batch_at(step)
+        assert len(batches._chunks) <= 3

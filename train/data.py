@@ -70,11 +70,11 @@ class SyntheticBatches:
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         newest = step // self.echo
-        if self.echo == 1 and self.synth_size == self.size:
-            return self._chunk(newest)
         oldest = max(0, newest - self.pool + 1)
         for k in [k for k in self._chunks if k < oldest]:
             del self._chunks[k]
+        if self.echo == 1 and self.synth_size == self.size:
+            return self._chunk(newest)
         rng = np.random.default_rng(_mix(self.seed, self.rank, step, 1))
         images, sigmas = [], []
         for _ in range(self.batch):
