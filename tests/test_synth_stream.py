@@ -40,10 +40,11 @@ def test_stream_batches_are_well_formed_and_seeded(name, source):
 
 
 def test_hdme_recipe_mixes_scenes_with_a_camera_sigma_floor(source):
-    batch = SyntheticStream(get_recipe("hdme"), 32, 24, seed=0, sources=source).generate()
+    recipe = get_recipe("hdme")
+    batch = SyntheticStream(recipe, 32, 24, seed=0, sources=source).generate()
     assert "scene" in batch.kinds and any(k != "scene" for k in batch.kinds)
     assert set(batch.psf) <= {"gaussian", "disc", "mixture"} and len(set(batch.psf)) > 1
-    assert float(batch.sigma.min()) >= 0.25 - 1e-5  # no real pixel is σ = 0
+    assert float(batch.sigma.min()) >= recipe.camera_sigma[0] - 1e-5 > 0  # no real pixel is σ = 0
     # shuffled samples are permutations of their source, scenes are drawn sharp as they are
     for i, kind in enumerate(batch.kinds):
         same = torch.equal(batch.sharp[i], batch.source[i])

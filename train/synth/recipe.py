@@ -83,9 +83,9 @@ RECIPES: dict[str, SynthRecipe] = {
         maps={"patch": 0.25, "gaussian": 0.3, "segment": 0.25, "depth": 0.2},
         # Real photos are mostly 0–3 px: where blur cannot be seen (flat regions, large σ on
         # shuffled pixels) the network falls back on this prior, so it must look like real data.
-        sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.8},
+        sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.7},
         psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
-        camera_sigma=[0.25, 0.6],
+        camera_sigma=[0.2, 0.45],
         noise="camera",
         noise_probability=0.6,
         jpeg_probability=0.3,
