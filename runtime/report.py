@@ -173,9 +173,11 @@ def plot_grid(results: dict, dataset: str, path: Path) -> Path | None:
     vmax = SIGMA_MAX if info["protocol"] == "map" else REAL_VMAX
     titles = ["input", "truth σ" if is_map else "truth (white = in focus)"]
     for run in runs:
-        titles.append(run["label"])
+        # One part of "model · backend · precision" per line: side by side, long labels overlap.
+        label = run["label"].replace(" · ", "\n")
+        titles.append(label)
         if is_map:
-            titles.append(f"|error| {run['label']}")
+            titles.append(f"|error|\n{label}")
     plt = _pyplot()
     ncols = len(titles)
     fig, axes = plt.subplots(len(figures), ncols, figsize=(2.4 * ncols, 2.4 * len(figures) + 0.6), dpi=110, squeeze=False)
@@ -197,7 +199,7 @@ def plot_grid(results: dict, dataset: str, path: Path) -> Path | None:
             ax.imshow(tile[..., ::-1] if tile.ndim == 3 else tile, cmap=None if tile.ndim == 3 else "gray", vmin=0, vmax=255)
             if row == 0:
                 ax.set_title(titles[col], fontsize=7)
-        axes[row, 0].text(0, -4, name, fontsize=7, va="bottom")
+        axes[row, 0].text(-0.04, 0.5, name, fontsize=7, rotation=90, ha="right", va="center", transform=axes[row, 0].transAxes)
     fig.suptitle(f"{dataset}: colour scale fixed at 0–{vmax:g} px σ (inferno)", fontsize=9)
     sm = plt.cm.ScalarMappable(cmap="inferno", norm=plt.Normalize(0, vmax))
     fig.colorbar(sm, ax=axes.ravel().tolist(), fraction=0.015, pad=0.01, label="σ (px)")
