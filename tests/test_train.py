@@ -67,7 +67,7 @@ def test_trains_on_pairs_for_epochs(tmp_path):
 def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, source):
     data = str(_pairs(tmp_path / "pairs")) if source == "pairs" else None
     batches = train_data.PairBatches if data else train_data.SyntheticBatches
-    options = dict(TINY, data=data) | ({} if data else {"echo": 3, "synth_size": 36})
+    options = dict(TINY, data=data) | ({"ema_decay": 0.9} if data else {"echo": 3, "synth_size": 36})
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     train(TrainConfig(out=str(whole), steps=8, **options))
 
@@ -90,6 +90,21 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch, source):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert _losses(whole) == _losses(broken)
+
+
+def test_weight_average_is_exported_and_leaves_training_alone(tmp_path):
+    plain, averaged = tmp_path / "plain", tmp_path / "averaged"
+    train(TrainConfig(out=str(plain), steps=6, lr=3e-3, **TINY))
+    result = train(TrainConfig(out=str(averaged), steps=6, lr=3e-3, ema_decay=0.9, **TINY))
+    live = torch.load(averaged / "last.ckpt", weights_only=True)
+    exported, trained = load_file(averaged / "final.safetensors"), load_file(plain / "final.safetensors")
+    # The live weights follow the same path as without averaging; the export is the average.
+    assert all(torch.equal(live["model"][k], trained[k]) for k in trained)
+    assert all(torch.equal(live["ema"][k], exported[k]) for k in exported)
+    assert any(not torch.equal(exported[k], trained[k]) for k in trained if exported[k].is_floating_point())
+    assert result.card["train"]["ema_decay"] == 0.9
+    with pytest.raises(HdmeError, match="ema-decay"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=1, ema_decay=1.0, **TINY))
 
 
 def test_time_budget_stops_cleanly(tmp_path):

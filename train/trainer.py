@@ -8,6 +8,7 @@ its JSON card.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import math
@@ -51,6 +52,7 @@ class TrainConfig:
     loss: str = "mse"
     huber_delta: float = 0.05  # on σ/10, i.e. 0.5 px
     grad_clip: float = 1.0  # max gradient norm; 0 = off
+    ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of the weights
     amp: bool | None = None  # None = on where CUDA is used
     channels_last: bool | None = None  # None = on where CUDA is used
     compile: bool = False
@@ -88,6 +90,8 @@ class TrainConfig:
             raise HdmeError("--epochs needs --data (the synthetic stream has no epochs; use --steps)")
         if self.steps is None and self.epochs is None:
             raise HdmeError("give --steps N (or --epochs N with --data)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise HdmeError("--ema-decay must be within [0, 1)")
         for name in ("batch", "size", "val_every", "ckpt_every", "log_every"):
             if getattr(self, name) <= 0:
                 raise HdmeError(f"--{name.replace('_', '-')} must be positive")
@@ -115,7 +119,7 @@ def lr_factor(config: TrainConfig, total: int):
 
 @dataclass
 class TrainResult:
-    model: HDMENet  # this rank's trained model
+    model: HDMENet  # this rank's trained model (its weight average with ema_decay)
     card: dict[str, Any]  # the final model card (empty on ranks other than 0)
 
 
@@ -150,6 +154,9 @@ class Trainer:
             except RuntimeError as exc:
                 raise HdmeError(f"{config.init}: weights do not fit {config.model} ({str(exc).splitlines()[0]})") from None
         self.model.to(device=self.device, memory_format=self.memory_format)
+        # Real-photo accuracy swings from one checkpoint to the next at a useful learning rate;
+        # an average of the recent weights is steadier than any single one.
+        self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
 
         self.recipe = get_recipe(config.recipe)
         if config.data:
@@ -205,6 +212,10 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.best_mae, self.wall_before = ckpt["step"], ckpt["best_mae"], ckpt["wall_s"]
+        if self.ema is not None:
+            if "ema" not in ckpt:
+                raise HdmeError(f"{self.ckpt_path} was written without --ema-decay; resume it without")
+            self.ema.load_state_dict(ckpt["ema"])
         if len(ckpt["rng"]) == self.d.world:
             set_rng_state(ckpt["rng"][self.d.rank])
 
@@ -216,12 +227,27 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                 "scaler": self.scaler.state_dict(), "step": self.step, "best_mae": self.best_mae,
                 "wall_s": self.wall(), "rng": rng,
-            })
+            } | ({"ema": self.ema.state_dict()} if self.ema is not None else {}))
+
+    @property
+    def evaluated(self) -> HDMENet:
+        """The weights that are validated and exported: the average when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        # A shorter memory early on, so the average does not drag the initial weights along.
+        decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
+        for avg, live in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+            if avg.is_floating_point():
+                avg.lerp_(live, 1.0 - decay)
+            else:
+                avg.copy_(live)
 
     def export(self, name: str) -> None:
         config = self.config
         recipe = {"data": str(config.data)} if config.data else {"name": config.recipe, **dataclasses.asdict(self.recipe)}
-        save_model(self.model, self.run_dir / f"{name}.safetensors", {
+        save_model(self.evaluated, self.run_dir / f"{name}.safetensors", {
             "recipe": recipe, "steps": self.step, "seed": config.seed, "wall_s": round(self.wall(), 1),
             "hardware": self.d.hardware(), "validation": self.last_val, "train": dataclasses.asdict(config),
         })
@@ -229,7 +255,7 @@ class Trainer:
     def validate(self) -> None:
         if not self.d.main:
             return
-        self.last_val = evaluate(self.model, self.val_images, self.val_sigmas, self.device, amp_dtype=self.amp_dtype)
+        self.last_val = evaluate(self.evaluated, self.val_images, self.val_sigmas, self.device, amp_dtype=self.amp_dtype)
         self.log.validation(self.step, self.wall(), self.last_val)
         if self.last_val["mae"] < self.best_mae:
             self.best_mae = self.last_val["mae"]
@@ -250,6 +276,8 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
+        if self.ema is not None:
+            self.update_ema()
         self.step += 1
         return loss.detach()  # a tensor: reading it every step would stall a GPU
 
@@ -289,4 +317,4 @@ class Trainer:
         finally:
             if self.log is not None:
                 self.log.close()
-        return TrainResult(self.model, card)
+        return TrainResult(self.evaluated, card)
