@@ -74,6 +74,12 @@ def resolve_model(model: str | Path | None, backend: str = "auto", precision: st
     return "torch", model, f"shipped {model}: safetensors weights on torch ({why})"
 
 
+def _precision_matches(asked: str | None, file_precision: str) -> bool:
+    """Whether a model file at ``file_precision`` serves a request for ``asked`` (None: any).
+    "int8-cpu" (ONNX Runtime's CPU layout) is an INT8 model like "int8" (TensorRT's Q/DQ)."""
+    return asked in (None, file_precision.split("-")[0])
+
+
 def create_backend(model: str | Path | None = None, backend: str = "auto", precision: str | None = None,
                    threads: int = 0, **options) -> Backend:
     """Load ``model`` on ``backend``. ``threads``: CPU threads for inference (0: the engine's
@@ -85,15 +91,13 @@ def create_backend(model: str | Path | None = None, backend: str = "auto", preci
         if precision in ("fp16", "int8") and options.get("provider") == "tensorrt":
             options.setdefault(precision, True)
         engine = OnnxRuntimeBackend(target, intra_op_threads=threads, **options)
-        # "int8-cpu" (ONNX Runtime's CPU layout) is an INT8 model like "int8" (TensorRT's Q/DQ).
-        if precision not in (None, engine.precision.split("-")[0]):
+        if not _precision_matches(precision, engine.precision):
             raise HdmeError(f"{target} is a {engine.precision} model; ONNX Runtime runs a model at its file's precision")
     elif name == "tensorrt":
         from hdme.runtime.backends.tensorrt import TensorRTBackend
 
         engine = TensorRTBackend(target, **options)
-        # "int8-cpu" (ONNX Runtime's CPU layout) is an INT8 model like "int8" (TensorRT's Q/DQ).
-        if precision not in (None, engine.precision.split("-")[0]):
+        if not _precision_matches(precision, engine.precision):
             raise HdmeError(f"{target} is a {engine.precision} engine, not {precision}")
     else:
         from hdme.runtime.backends.torch import TorchBackend
