@@ -157,6 +157,9 @@ class Trainer:
         # Real-photo accuracy swings from one checkpoint to the next at a useful learning rate;
         # an average of the recent weights is steadier than any single one.
         self.ema = copy.deepcopy(self.model).requires_grad_(False) if config.ema_decay > 0 else None
+        # state_dict() tensors are the modules' own parameters and buffers (loading copies into
+        # them), so the pairs hold for the whole run instead of being rebuilt every step.
+        self.ema_pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values())) if self.ema else []
 
         self.recipe = get_recipe(config.recipe)
         if config.data:
@@ -238,7 +241,7 @@ class Trainer:
     def update_ema(self) -> None:
         # A shorter memory early on, so the average does not drag the initial weights along.
         decay = min(self.config.ema_decay, (1 + self.step) / (10 + self.step))
-        for avg, live in zip(self.ema.state_dict().values(), self.model.state_dict().values()):
+        for avg, live in self.ema_pairs:
             if avg.is_floating_point():
                 avg.lerp_(live, 1.0 - decay)
             else:
