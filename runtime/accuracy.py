@@ -66,12 +66,14 @@ class Method:
     backend: str
     precision: str
     build: Callable[[], SigmaPredictor]
+    tta: str = "none"
 
     @property
     def label(self) -> str:
         if self.method == "zhuo-sim":
             return "Zhuo–Sim (2011)"
-        return f"{Path(self.model).name if self.model else 'default'} · {self.backend} · {self.precision}"
+        views = "" if self.tta == "none" else f" · {self.tta}"
+        return f"{Path(self.model).name if self.model else 'default'} · {self.backend} · {self.precision}{views}"
 
 
 @dataclass
@@ -91,28 +93,35 @@ def methods_for(
     backends: Iterable[str],
     methods: Iterable[str],
     max_side: int | None = None,
+    ttas: Iterable[str] = (),
 ) -> list[Method]:
-    """The rows to evaluate: each model × backend for ``hdme``, one row for ``zhuo-sim``."""
+    """The rows to evaluate: each model × backend × test-time augmentation for ``hdme``, one row for
+    ``zhuo-sim``."""
+    from hdme.runtime.predict import DEFAULT_TTA, check_tta
+
     out: list[Method] = []
     models = list(models) or [None]
     backends = list(backends) or ["auto"]
+    ttas = [check_tta(t) for t in dict.fromkeys(ttas)] or [DEFAULT_TTA]
     for method in dict.fromkeys(methods):
         if method == "zhuo-sim":
             out.append(Method("zhuo-sim", None, "numpy/opencv", "fp32", _builder("zhuo-sim", None, "auto", max_side)))
         elif method == "hdme":
             for model in models:
                 for backend in backends:
-                    out.append(Method("hdme", model, backend, precision_from_name(model) if model else "fp32", _builder("hdme", model, backend, max_side)))
+                    for tta in ttas:
+                        out.append(Method("hdme", model, backend, precision_from_name(model) if model else "fp32",
+                                          _builder("hdme", model, backend, max_side, tta), tta))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
     return out
 
 
-def _builder(method: str, model: str | None, backend: str, max_side: int | None) -> Callable[[], SigmaPredictor]:
+def _builder(method: str, model: str | None, backend: str, max_side: int | None, tta: str | None = None) -> Callable[[], SigmaPredictor]:
     def build() -> SigmaPredictor:
         from hdme.runtime.classic import predictor_for
 
-        return predictor_for(method, model, backend, max_side)
+        return predictor_for(method, model, backend, max_side, tta=tta)
 
     return build
 
@@ -370,6 +379,7 @@ def run_accuracy(
                 "model": method.model,
                 "backend": method.backend,
                 "precision": method.precision,
+                "tta": method.tta,
                 "datasets": {},
             }
             for d in datasets:
@@ -526,6 +536,7 @@ def bench_accuracy(
     json_path: Path | None,
     markdown_path: Path | None,
     max_side: int | None,
+    ttas: list[str] = (),
 ) -> dict:
     """``hdme bench accuracy``: evaluate, print the table, write the JSON and Markdown files."""
     from rich.console import Console
@@ -533,7 +544,7 @@ def bench_accuracy(
     from hdme.io import write_json, write_text
 
     console = Console(stderr=True)
-    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side)
+    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas)
     results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow", markup=False))
     if not results["runs"]:
         raise HdmeError("nothing was evaluated: no dataset or no model could be loaded (see the lines above)")

@@ -21,6 +21,7 @@ bench_app = typer.Typer(
 
 MODEL_HELP = "Shipped model name, .safetensors, .onnx or .engine (default: the shipped hdme-edge)."
 BACKEND_HELP = "auto | onnxruntime | tensorrt | torch."
+TTA_HELP = "σ averaged over mirrored views: none (1 pass) | flip (left-right, 2 passes) | flip4 (4 passes)."
 
 
 def _console(stderr: bool = False):
@@ -48,6 +49,7 @@ def predict_command(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Process images larger than N px in overlapping N px tiles."),
+    tta: Optional[str] = typer.Option(None, "--tta", help=TTA_HELP + " Default: flip."),
     formats: List[str] = typer.Option(["npy", "png"], "--format", help="npy (σ px, float32) and/or png (picture); repeatable."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
@@ -64,7 +66,7 @@ def predict_command(
         predictor = ZhuoSimPredictor(max_side=max_side)
         typer.echo("method: zhuo-sim (edge-based, no network)")
     elif method == "hdme":
-        predictor = DefocusPredictor(model, backend, max_side=max_side, tile=tile, precision=precision,
+        predictor = DefocusPredictor(model, backend, max_side=max_side, tile=tile, precision=precision, tta=tta,
                                      **_backend_options(backend, provider, threads))
         typer.echo(f"backend {predictor.backend.selection}")
     else:
@@ -99,6 +101,7 @@ def run_command(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
     size: Optional[str] = typer.Option(None, "--size", help="Run the model at HxW (e.g. 480x640); σ is mapped back to frame px."),
+    tta: str = typer.Option("none", "--tta", help=TTA_HELP),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
     display: bool = typer.Option(False, "--display", help="Show frame | colour map (0–10 px) | scale bar, with FPS."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the side-by-side view to a video (.mp4, .avi…)."),
@@ -110,6 +113,7 @@ def run_command(
     """Stream frames through the model to live σ maps; prints FPS and per-stage latency at the end."""
     from hdme.runtime.backends import create_backend
     from hdme.runtime.pipeline import StreamPipeline, parse_size
+    from hdme.runtime.predict import check_tta
     from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
     from hdme.runtime.sources import open_source
 
@@ -118,7 +122,7 @@ def run_command(
             raise HdmeError("give either --model or --engine, not both")
         model, backend = str(engine), "tensorrt" if backend == "auto" else backend
     console = _console()
-    work_size = parse_size(size)
+    work_size, tta = parse_size(size), check_tta(tta)
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
     typer.echo(f"backend {engine_.selection}")
     sinks = []
@@ -131,7 +135,7 @@ def run_command(
             sinks.append(VideoSink(save_video, fps=src.fps or 25.0))
         if save_maps is not None:
             sinks.append(MapSink(save_maps, map_format))
-        stats = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames).run()
+        stats = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames, tta=tta).run()
     except BaseException:
         for sink in sinks:  # a failure before the pipeline started still finalises what was opened
             sink.close()
@@ -218,12 +222,13 @@ def bench_accuracy_command(
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the results, per image included, as JSON."),
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
+    ttas: Optional[List[str]] = typer.Option(None, "--tta", help=TTA_HELP + " Repeatable (default: flip, as hdme predict)."),
 ) -> None:
     """Accuracy of models × backends × precisions and the Zhuo–Sim baseline, in one table."""
     from hdme.runtime.accuracy import bench_accuracy
 
     bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
-                   json_path, markdown_path, max_side)
+                   json_path, markdown_path, max_side, ttas or [])
 
 
 @bench_app.command("report")

@@ -21,7 +21,7 @@ from hdme.errors import HdmeError
 from hdme.runtime.backends import Backend
 from hdme.export.onnx import parse_size as parse_hw
 from hdme.conventions import rgb_to_input
-from hdme.runtime.predict import MIN_SIDE, pad_to_multiple
+from hdme.runtime.predict import MIN_SIDE, check_tta, infer_mirrored, pad_to_multiple
 from hdme.runtime.sinks import Sink
 from hdme.runtime.sources import Frame, Source
 from hdme.runtime.stats import latency_stats
@@ -72,12 +72,13 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 
 class StreamPipeline:
     """Run ``source`` through ``backend`` into ``sinks``. ``size`` (H, W): resize frames to it
-    for the model, σ is mapped back to the frame's pixels. ``max_frames``: stop after so many."""
+    for the model, σ is mapped back to the frame's pixels. ``max_frames``: stop after so many.
+    ``tta``: mirrored views averaged per frame, as in ``DefocusPredictor`` (one pass by default)."""
 
     def __init__(self, source: Source, backend: Backend, sinks: list[Sink] = (), size: tuple[int, int] | None = None,
-                 max_frames: int | None = None, queue_depth: int = 2) -> None:
+                 max_frames: int | None = None, queue_depth: int = 2, tta: str = "none") -> None:
         self.source, self.backend, self.sinks = source, backend, list(sinks)
-        self.size, self.max_frames = size, max_frames
+        self.size, self.max_frames, self.tta = size, max_frames, check_tta(tta)
         self.q_in: queue.Queue = queue.Queue(queue_depth)
         self.q_out: queue.Queue = queue.Queue(queue_depth)
         # Frames in flight at most: both queues, one in each thread, one being built.
@@ -144,7 +145,7 @@ class StreamPipeline:
                 if item is _END:
                     break
                 t0 = time.perf_counter()
-                item.y = self.backend.infer(item.x)
+                item.y = infer_mirrored(self.backend, item.x, self.tta)
                 item.ms["infer"] = (time.perf_counter() - t0) * 1e3
                 if not self._put(self.q_out, item):
                     return

@@ -152,8 +152,14 @@ def test_precision_from_file_names_and_method_rows():
         ("hdme", "a.int8.onnx", "onnxruntime", "int8"), ("hdme", "a.int8.onnx", "torch", "int8"),
         ("zhuo-sim", None, "numpy/opencv", "fp32"),
     ]
+    assert {m.tta for m in rows if m.method == "hdme"} == {"flip"}  # as hdme predict
+    rows = methods_for(["a.onnx"], ["onnxruntime"], ["hdme"], ttas=["none", "flip4"])
+    assert [(m.tta, m.label) for m in rows] == [("none", "a.onnx · onnxruntime · fp32"),
+                                                ("flip4", "a.onnx · onnxruntime · fp32 · flip4")]
     with pytest.raises(HdmeError):
         methods_for([], [], ["dmenet"])
+    with pytest.raises(HdmeError, match="unknown --tta"):
+        methods_for([], [], ["hdme"], ttas=["rotate"])
 
 
 def test_data_make_root_reads_its_test_split(map_dir, tmp_path):

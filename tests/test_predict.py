@@ -147,3 +147,36 @@ def test_large_images_are_tiled_by_default(models):
     assert predictor.last_plan.mode == "tile" and predictor.last_plan.tiles == 3
     assert sigma.shape == (40, 2100)
     assert np.abs(sigma - DefocusPredictor(models["tiny"], tile=4096).predict(rgb)).mean() < 0.01
+
+
+def test_tta_averages_sigma_over_the_mirrored_views(models):
+    rgb = textured_rgb(40, 56, seed=5)
+    one = DefocusPredictor(models["tiny"], tta="none")
+    single = one.predict(rgb)
+    mirrored = one.predict(rgb[:, ::-1].copy())[:, ::-1]
+    upside_down = one.predict(rgb[::-1].copy())[::-1]
+    both = one.predict(rgb[::-1, ::-1].copy())[::-1, ::-1]
+    assert np.abs(single - mirrored).max() > 0.05  # the random net is not mirror-symmetric
+    flip = DefocusPredictor(models["tiny"])  # the default for photos
+    np.testing.assert_allclose(flip.predict(rgb), (single + mirrored) / 2, atol=1e-5)
+    assert flip.last_plan.views == 2 and "mean of 2 mirrored views" in flip.last_plan.describe(40, 56)
+    flip4 = DefocusPredictor(models["tiny"], tta="flip4")
+    np.testing.assert_allclose(flip4.predict(rgb), (single + mirrored + upside_down + both) / 4, atol=1e-5)
+    assert "mirrored" not in one.last_plan.describe(40, 56)
+    with pytest.raises(HdmeError, match="unknown --tta 'rotate'"):
+        DefocusPredictor(models["tiny"], tta="rotate")
+
+
+def test_cli_predict_tta_option(models, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), cv2.cvtColor(textured_rgb(40, 56, seed=5), cv2.COLOR_RGB2BGR))
+    runner = CliRunner()
+    for tta in ("none", "flip"):
+        result = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(models["tiny"]),
+                                     "--out", str(tmp_path / tta), "--tta", tta])
+        assert result.exit_code == 0, result.output
+    expected = DefocusPredictor(models["tiny"], tta="flip").predict(textured_rgb(40, 56, seed=5))
+    np.testing.assert_allclose(np.load(tmp_path / "flip" / "a.npy"), expected, atol=1e-5)
+    assert not np.allclose(np.load(tmp_path / "none" / "a.npy"), expected, atol=1e-3)
+    bad = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(models["tiny"]),
+                              "--out", str(tmp_path / "x"), "--tta", "rotate"])
+    assert isinstance(bad.exception, HdmeError) and "unknown --tta 'rotate'" in str(bad.exception)
