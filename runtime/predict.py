@@ -62,9 +62,8 @@ def check_tta(tta: str) -> str:
 def infer_mirrored(backend, x: np.ndarray, tta: str = "none") -> np.ndarray:
     """The backend's output for an NCHW batch, averaged over the mirrored views that ``tta`` names.
 
-    Defocus does not depend on orientation, but the network's errors on real photos do: averaging
-    the left-right mirror roughly halves what separates it from the best blur-detection scores
-    (model card), at twice the compute."""
+    Defocus does not depend on orientation, but the network's errors on real photos do, so the mean
+    over mirrored views scores better on real photos (figures in the model card), at one pass per view."""
     total = None
     for axes in TTA_FLIPS[tta]:
         y = backend.infer(np.ascontiguousarray(np.flip(x, axes)) if axes else x)
