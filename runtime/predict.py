@@ -88,7 +88,7 @@ class Plan:
         elif self.mode == "tile":
             text = f"tiled {w}x{h} into {self.tiles} tiles of {self.work_hw[1]}x{self.work_hw[0]}"
         else:
-            text = f"{w}x{h} in one pass"
+            text = f"{w}x{h} whole"
         return text + (f", mean of {self.views} mirrored views" if self.views > 1 else "")
 
 
