@@ -19,7 +19,8 @@ AUTO_TILE_ABOVE = 2048  # px on the longer side: beyond it a whole image costs G
 DEFAULT_TILE = 1024
 DEFAULT_OVERLAP = 64
 FORMATS = ("npy", "png")
-# Test-time augmentation: the axes of the NCHW input each pass mirrors ("" = as is).
+# Test-time augmentation: the axes of the NCHW input each pass mirrors; every mode starts with the
+# input as is (no axes), so one pass is the plain prediction.
 TTA_FLIPS = {"none": ((),), "flip": ((), (3,)), "flip4": ((), (3,), (2,), (2, 3))}
 DEFAULT_TTA = "flip"  # for still images; streams default to one pass (latency)
 
@@ -64,15 +65,14 @@ def infer_mirrored(backend, x: np.ndarray, tta: str = "none") -> np.ndarray:
 
     Defocus does not depend on orientation, but the network's errors on real photos do, so the mean
     over mirrored views scores better on real photos (figures in the model card), at one pass per view."""
-    total = None
-    for axes in TTA_FLIPS[tta]:
-        y = backend.infer(np.ascontiguousarray(np.flip(x, axes)) if axes else x)
-        y = np.flip(y, axes) if axes else y
-        # Copy on the first pass: some backends return their own output buffer, reused next call.
-        total = np.array(y, dtype=np.float32) if total is None else total + y
-    if len(TTA_FLIPS[tta]) > 1:
-        total /= len(TTA_FLIPS[tta])
-    return total
+    views = TTA_FLIPS[tta]
+    y = backend.infer(x)
+    if len(views) == 1:
+        return y
+    total = y.astype(np.float32)  # accumulate in float32 whatever the model's output type
+    for axes in views[1:]:
+        total += np.flip(backend.infer(np.ascontiguousarray(np.flip(x, axes))), axes)
+    return total / len(views)
 
 
 @dataclass
