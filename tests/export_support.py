@@ -13,14 +13,17 @@ torch = pytest.importorskip("torch", reason="exporting from PyTorch needs torch"
 SIZE = 64
 
 
-def tiny_network():
+def tiny_network(**overrides):
     """hdme-tiny with its BatchNorm statistics taken from shuffled images and its output centred,
     so that σ varies over the image instead of clamping to 0 as a fresh network's does: the
-    numerical errors of export and quantisation then show in the output."""
+    numerical errors of export and quantisation then show in the output. A GlobalContext block
+    (``global_context=width``) gets random weights instead of its identity start."""
     from hdme.train.models import create_model
 
     torch.manual_seed(0)
-    model = create_model("hdme-tiny")
+    model = create_model("hdme-tiny", **overrides)
+    if model.context is not None:
+        torch.nn.init.normal_(model.context.expand.weight, std=0.5)
     images = torch.rand(4, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
     images = torch.nn.functional.avg_pool2d(images, 3, 1, 1) * 0.5 + images * 0.5
     raw = {}

@@ -34,6 +34,22 @@ def test_export_parity_metadata_and_dynamic_axes(tiny_export):
     assert 0.0 <= got.min() and got.max() <= 1.0 and got.std() > 0.01  # a varying, clamped σ/10 map
 
 
+def test_global_context_exports_with_dynamic_size(tmp_path):
+    from hdme.export.onnx import export_onnx, ort_session, run_onnx
+
+    model = tiny_network(global_context=4)
+    result = export_onnx(model, tmp_path / "context.onnx", log=lambda line: None)
+    assert all(r["max"] <= 0.01 for r in result.parity)
+    session = ort_session(result.path)
+    x = np.random.default_rng(6).random((1, 3, 64, 160), dtype=np.float32)
+    x[..., 64:] *= 0.2  # the image-wide mean differs from that of its first 64 columns
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+        left = model(torch.from_numpy(x[..., :64])).numpy()
+    assert np.abs(run_onnx(session, x) - ref).max() * 10 <= 0.01
+    assert np.abs(ref[..., :32] - left[..., :32]).max() * 10 > 0.01  # the context reached the whole image
+
+
 def test_static_export_has_fixed_shape(tmp_path):
     from hdme.export.onnx import export_onnx, input_dims, load_onnx
 

@@ -10,6 +10,7 @@ from hdme.train.models import (  # noqa: E402
     count_flops,
     count_params,
     create_model,
+    load_init_state,
     load_model,
     save_model,
 )
@@ -116,3 +117,29 @@ def test_load_errors_are_one_line(tmp_path):
         load_model(tmp_path / "bad.safetensors")
     with pytest.raises(HdmeError, match="unknown model"):
         create_model("hdme-nope")
+
+
+def test_global_context_starts_as_identity_and_warm_starts_from_weights_without_it(tmp_path):
+    torch.manual_seed(2)
+    plain = create_model("hdme-edge", **SMALL["hdme-edge"]).eval()
+    with torch.no_grad():
+        plain.out.bias.fill_(0.5)  # a fresh network's σ clamps to 0 everywhere
+    path = save_model(plain, tmp_path / "plain.safetensors")
+    with_context = create_model("hdme-edge", global_context=8, **SMALL["hdme-edge"]).eval()
+    assert load_init_state(with_context, path) == ["context"]
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(with_context(x), plain(x))
+        torch.nn.init.normal_(with_context.context.expand.weight)
+        assert not torch.equal(with_context(x), plain(x))
+
+    # Round trip through its own card, and no silent partial loads the other way or across widths.
+    saved = save_model(with_context, tmp_path / "context.safetensors")
+    with torch.no_grad():
+        assert torch.equal(load_model(saved)(x), with_context(x))
+    with pytest.raises(HdmeError, match="do not fit"):
+        load_init_state(create_model("hdme-edge", **SMALL["hdme-edge"]), saved)
+    with pytest.raises(HdmeError, match="do not fit"):
+        load_init_state(create_model("hdme-tiny"), path)
+    with pytest.raises(HdmeError, match="unknown config keys"):
+        create_model("hdme-edge", global_contex=8)

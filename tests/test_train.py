@@ -2,6 +2,7 @@ import csv
 import json
 import os
 import socket
+from pathlib import Path
 
 import pytest
 
@@ -189,3 +190,17 @@ def test_synthetic_batches_keep_at_most_pool_batches_in_memory():
         for step in range(12):
             batches.batch_at(step)
         assert len(batches._chunks) <= 3
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "train" / "configs").glob("*.json")), ids=lambda p: p.name)
+def test_committed_configs_are_valid_runs(path):
+    from hdme.train.cli import read_train_config
+    from hdme.train.models import create_model
+    from hdme.train.synth import get_recipe
+
+    section = read_train_config(path)
+    # The recipe files (hdme.json, paper.json) leave the budget to the command line.
+    config = TrainConfig.from_dict({"steps": 1} | section | {"out": "unused"})
+    config.check()
+    get_recipe(config.recipe)
+    create_model(config.model, **config.model_overrides)

@@ -1,6 +1,6 @@
 """HRNet building blocks: residual blocks, multi-resolution modules with sum fusion, transitions.
 
-Only plain operators (Conv, BatchNorm, ReLU, Resize, Add, Concat) so that the networks export to
+Only plain operators (Conv, BatchNorm, ReLU, Resize, Add, Concat, ReduceMean) so that the networks export to
 ONNX, fold BatchNorm and quantise to INT8 without special handling.
 """
 
@@ -138,3 +138,22 @@ class Transition(nn.Module):
         if self.new_branch is not None:
             out.append(self.new_branch(xs[-1]))
         return out
+
+
+class GlobalContext(nn.Module):
+    """Adds a summary of the whole image to every position of a branch: the mean of its features
+    through a small bottleneck. A flat region's blur cannot be seen locally; whether the photo as a
+    whole has a blurred background is evidence the convolutions' receptive field cannot reach.
+
+    The last layer starts at zero, so the block is the identity until trained and can be added to
+    trained weights without changing their predictions."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.reduce = nn.Conv2d(width, hidden, 1)
+        self.expand = nn.Conv2d(hidden, width, 1)
+        nn.init.zeros_(self.expand.weight)
+        nn.init.zeros_(self.expand.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.expand(F.relu(self.reduce(x.mean(dim=(2, 3), keepdim=True))))

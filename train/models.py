@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hdme.errors import HdmeError
-from hdme.train.blocks import HRModule, Transition, conv_bn, residual_stack, upsample
+from hdme.train.blocks import GlobalContext, HRModule, Transition, conv_bn, residual_stack, upsample
 
 # The paper normalises BGR input with these; stored here in RGB order.
 RGB_MEAN = (0.47678594, 0.44235793, 0.39989262)
@@ -84,6 +84,10 @@ MODEL_CONFIGS: dict[str, dict[str, Any]] = {
 }
 
 
+# Config keys a variant may leave out (older model cards have none of them).
+OPTIONAL_KEYS = {"global_context"}  # width of the GlobalContext bottleneck; 0 or absent = none
+
+
 class HDMENet(nn.Module):
     def __init__(self, name: str, config: dict[str, Any]):
         super().__init__()
@@ -117,6 +121,9 @@ class HDMENet(nn.Module):
             stages.append(nn.Sequential(*modules))
         self.transitions = nn.ModuleList(transitions)
         self.stages = nn.ModuleList(stages)
+        # Enters the last stage on its lowest-resolution branch, whose exchange spreads it upward.
+        hidden = int(config.get("global_context", 0))
+        self.context = GlobalContext(widths[-1], hidden) if hidden > 0 else None
 
         # Upsampling head: from 1/stride back to full resolution one octave at a time, each
         # step concatenating thin features of the input at that resolution (``skips`` maps the
@@ -149,8 +156,12 @@ class HDMENet(nn.Module):
 
         early = self.stem1(x)  # at 1/2 when the stem downsamples: the head's half-resolution skip
         feats = [self.layer1(self.stem2(early))]
-        for transition, stage in zip(self.transitions, self.stages):
-            feats = stage(transition(feats))
+        last = len(self.stages) - 1
+        for k, (transition, stage) in enumerate(zip(self.transitions, self.stages)):
+            feats = transition(feats)
+            if k == last and self.context is not None:
+                feats[-1] = self.context(feats[-1])
+            feats = stage(feats)
         y = feats[0]
 
         for level, conv in zip(self.head_levels, self.up):
@@ -171,7 +182,7 @@ def create_model(name: str, **overrides: Any) -> HDMENet:
     if name not in MODEL_CONFIGS:
         raise HdmeError(f"unknown model '{name}' (known: {', '.join(MODEL_CONFIGS)})")
     config = copy.deepcopy(MODEL_CONFIGS[name])
-    unknown = set(overrides) - set(config)
+    unknown = set(overrides) - set(config) - OPTIONAL_KEYS
     if unknown:
         raise HdmeError(f"unknown config keys for {name}: {', '.join(sorted(unknown))}")
     config.update(copy.deepcopy(overrides))
@@ -252,6 +263,20 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
     if "safetensors" not in files:
         raise HdmeError(f"shipped model '{name_or_path}' has no safetensors weights")
     return files["safetensors"]
+
+
+def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
+    """Warm-start ``model`` from weights of the same architecture, or of one without blocks that
+    start as the identity (a GlobalContext). Returns the names of such blocks left at their start."""
+    try:
+        missing, unexpected = model.load_state_dict(load_state(path), strict=False)
+    except RuntimeError as exc:  # a tensor of another shape
+        raise HdmeError(f"{path}: weights do not fit {model.name} ({str(exc).splitlines()[1].strip()})") from None
+    fresh = sorted({k.split(".")[0] for k in missing})
+    if unexpected or set(fresh) - {"context"}:
+        keys = unexpected or missing
+        raise HdmeError(f"{path}: weights do not fit {model.name} ({len(keys)} keys such as '{keys[0]}')")
+    return fresh
 
 
 def load_model(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HDMENet:

@@ -26,7 +26,7 @@ from hdme.io import write_json
 from hdme.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hdme.train.data import PairBatches, SyntheticBatches, evaluate, synthetic_split
 from hdme.train.distributed import Distributed
-from hdme.train.models import HDMENet, count_params, create_model, load_state, save_model
+from hdme.train.models import HDMENet, count_params, create_model, load_init_state, save_model
 from hdme.train.runlog import RunLog
 
 LOSSES = ("mse", "l1", "huber")
@@ -149,10 +149,9 @@ class Trainer:
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model: HDMENet = create_model(config.model, **config.model_overrides)
         if config.init:
-            try:
-                self.model.load_state_dict(load_state(config.init))
-            except RuntimeError as exc:
-                raise HdmeError(f"{config.init}: weights do not fit {config.model} ({str(exc).splitlines()[0]})") from None
+            fresh = load_init_state(self.model, config.init)
+            if fresh and d.main:
+                print(f"{config.init}: {', '.join(fresh)} not in these weights, starting as the identity")
         self.model.to(device=self.device, memory_format=self.memory_format)
         # Real-photo accuracy swings from one checkpoint to the next at a useful learning rate;
         # an average of the recent weights is steadier than any single one.
