@@ -145,7 +145,7 @@ class StreamPipeline:
                 if item is _END:
                     break
                 t0 = time.perf_counter()
-                item.y = infer_mirrored(self.backend, item.x, self.tta)
+                item.y = infer_mirrored(self.backend, item.x, item.work_hw, self.tta)
                 item.ms["infer"] = (time.perf_counter() - t0) * 1e3
                 if not self._put(self.q_out, item):
                     return
@@ -155,7 +155,7 @@ class StreamPipeline:
 
     def _postprocess(self, item: _Item) -> np.ndarray:
         h, w = item.work_hw
-        sigma = output_to_sigma(item.y[0, 0, :h, :w])
+        sigma = output_to_sigma(item.y[0, 0])
         return rescale_sigma(sigma, (h, w), item.frame.image.shape[:2])
 
     def run(self) -> RunStats:

@@ -60,18 +60,24 @@ def check_tta(tta: str) -> str:
     return tta
 
 
-def infer_mirrored(backend, x: np.ndarray, tta: str = "none") -> np.ndarray:
-    """The backend's output for an NCHW batch, averaged over the mirrored views that ``tta`` names.
+def infer_mirrored(backend, x: np.ndarray, hw: tuple[int, int], tta: str = "none") -> np.ndarray:
+    """The backend's output over the image ``x[..., :h, :w]`` of a batch padded by
+    ``pad_to_multiple``, averaged over the mirrored views that ``tta`` names: N×1×h×w.
 
     Defocus does not depend on orientation, but the network's errors on real photos do, so the mean
-    over mirrored views scores better on real photos (figures in the model card), at one pass per view."""
+    over mirrored views scores better on real photos (figures in the model card), at one pass per view.
+    Each view mirrors the image and is padded again: mirroring the padded batch would move the
+    padding to the top/left and shift the image against the network's stride-32 grid."""
+    h, w = hw
     views = TTA_FLIPS[tta]
-    y = backend.infer(x)
+    y = backend.infer(x)[..., :h, :w]
     if len(views) == 1:
         return y
+    image = x[..., :h, :w]
     total = y.astype(np.float32)  # accumulate in float32 whatever the model's output type
     for axes in views[1:]:
-        total += np.flip(backend.infer(np.ascontiguousarray(np.flip(x, axes))), axes)
+        view = pad_to_multiple(np.ascontiguousarray(np.flip(image, axes)), backend.multiple)
+        total += np.flip(backend.infer(view)[..., :h, :w], axes)
     return total / len(views)
 
 
@@ -133,7 +139,7 @@ class DefocusPredictor:
     def _infer(self, rgb: np.ndarray) -> np.ndarray:
         h, w = rgb.shape[:2]
         x = pad_to_multiple(rgb_to_input(rgb), self.backend.multiple)
-        return output_to_sigma(infer_mirrored(self.backend, x, self.tta)[0, 0, :h, :w])
+        return output_to_sigma(infer_mirrored(self.backend, x, (h, w), self.tta)[0, 0])
 
     def predict(self, rgb: np.ndarray) -> np.ndarray:
         """RGB uint8 H×W×3 (or H×W grey) → float32 σ px, H×W."""

@@ -59,15 +59,16 @@ def test_resized_frames_give_sigma_in_frame_pixels(tmp_path):
     np.testing.assert_allclose(sigma, 4.0, atol=1e-3)  # half-size frames: 2 px there is 4 px here
 
 
-def test_stream_tta_matches_the_photo_predictor(onnx_path, tmp_path):
+def test_stream_tta_matches_the_photo_predictor(tmp_path):
     from hdme.runtime.predict import DefocusPredictor
 
+    model = tiny_onnx(tmp_path / "m8.onnx", multiple=8)  # frames of 37×53 are padded
     folder = tmp_path / "imgs"
     folder.mkdir()
-    cv2.imwrite(str(folder / "f0.png"), cv2.cvtColor(textured_rgb(40, 56, seed=3), cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "f0.png"), cv2.cvtColor(textured_rgb(37, 53, seed=3), cv2.COLOR_RGB2BGR))
     for tta in ("none", "flip4"):
-        StreamPipeline(open_source(str(folder)), create_backend(onnx_path), [MapSink(tmp_path / tta, "npy")], tta=tta).run()
-        expected = DefocusPredictor(onnx_path, tta=tta).predict(textured_rgb(40, 56, seed=3))
+        StreamPipeline(open_source(str(folder)), create_backend(model), [MapSink(tmp_path / tta, "npy")], tta=tta).run()
+        expected = DefocusPredictor(model, tta=tta).predict(textured_rgb(37, 53, seed=3))
         np.testing.assert_allclose(np.load(tmp_path / tta / "f0.npy"), expected, atol=1e-5)
     assert not np.allclose(np.load(tmp_path / "none" / "f0.npy"), np.load(tmp_path / "flip4" / "f0.npy"), atol=1e-3)
 
