@@ -271,7 +271,7 @@ def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
     try:
         missing, unexpected = model.load_state_dict(load_state(path), strict=False)
     except RuntimeError as exc:  # a tensor of another shape
-        raise HdmeError(f"{path}: weights do not fit {model.name} ({str(exc).splitlines()[1].strip()})") from None
+        raise HdmeError(f"{path}: weights do not fit {model.name} ({str(exc).splitlines()[-1].strip()})") from None
     fresh = sorted({k.split(".")[0] for k in missing})
     if unexpected or set(fresh) - {"context"}:
         keys = unexpected or missing
