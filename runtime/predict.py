@@ -76,7 +76,8 @@ def infer_mirrored(backend, x: np.ndarray, hw: tuple[int, int], tta: str = "none
     image = x[..., :h, :w]
     total = y.astype(np.float32)  # accumulate in float32 whatever the model's output type
     for axes in views[1:]:
-        view = pad_to_multiple(np.ascontiguousarray(np.flip(image, axes)), backend.multiple)
+        # No contiguous copy here: np.pad makes one, and every backend's check_input otherwise.
+        view = pad_to_multiple(np.flip(image, axes), backend.multiple)
         total += np.flip(backend.infer(view)[..., :h, :w], axes)
     return total / len(views)
 

@@ -148,10 +148,7 @@ class Trainer:
 
         torch.manual_seed(config.seed)  # identical initial weights on every rank
         self.model: HDMENet = create_model(config.model, **config.model_overrides)
-        if config.init:
-            fresh = load_init_state(self.model, config.init)
-            if fresh and d.main:
-                print(f"{config.init}: {', '.join(fresh)} not in these weights, starting as the identity")
+        fresh = load_init_state(self.model, config.init) if config.init else []
         self.model.to(device=self.device, memory_format=self.memory_format)
         # Real-photo accuracy swings from one checkpoint to the next at a useful learning rate;
         # an average of the recent weights is steadier than any single one.
@@ -201,6 +198,8 @@ class Trainer:
             self.log = RunLog(self.run_dir, self.step, self.total)
             self.log.say(f"{config.model}: {count_params(self.model) / 1e6:.3f} M params, {d.world} process(es) on "
                          f"{self.device}, steps {self.step}→{self.total}, batch {config.batch}×{d.world}, {config.size}² px")
+            if fresh:
+                self.log.say(f"{config.init}: {', '.join(fresh)} not in these weights, starting as the identity")
 
     def wall(self) -> float:
         return self.wall_before + time.monotonic() - self.started
