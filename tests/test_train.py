@@ -115,6 +115,23 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert torch.load(run / "last.ckpt", weights_only=True)["step"] == 1
 
 
+def test_fit_minutes_ends_the_schedule_on_time(tmp_path, monkeypatch):
+    from hdme.train.trainer import Trainer
+
+    # A clock of 0.5 s per step: 0.2 min fits about 24 steps, whatever this machine's speed.
+    monkeypatch.setattr(Trainer, "wall", lambda self: 0.5 * self.step)
+    run = tmp_path / "run"
+    result = train(TrainConfig(out=str(run), steps=1000, fit_minutes=0.2, lr=1e-3, schedule="cosine", **TINY))
+    assert 20 <= result.card["steps"] <= 24
+    with open(run / "metrics.csv", newline="") as fh:
+        lrs = [float(r["lr"]) for r in csv.DictReader(fh) if r["lr"]]
+    assert lrs[-1] < 0.03 * 1e-3 < lrs[len(lrs) // 2]  # annealed at the end, not before
+    capped = train(TrainConfig(out=str(tmp_path / "capped"), steps=6, fit_minutes=60.0, **TINY))
+    assert capped.card["steps"] == 6
+    with pytest.raises(HdmeError, match="fit-minutes"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=6, fit_minutes=0.0, **TINY))
+
+
 def test_init_and_bad_options(tmp_path):
     first = train(TrainConfig(out=str(tmp_path / "a"), steps=2, **TINY))
     second = train(TrainConfig(out=str(tmp_path / "b"), steps=1, lr=0.0, init=str(tmp_path / "a" / "final.safetensors"), **TINY))
@@ -190,6 +207,22 @@ def test_synthetic_batches_keep_at_most_pool_batches_in_memory():
         for step in range(12):
             batches.batch_at(step)
         assert len(batches._chunks) <= 3
+
+
+def test_synthetic_batches_rendered_ahead_by_workers_are_the_same_batches():
+    from hdme.train.data import SyntheticBatches
+    from hdme.train.synth import get_recipe
+
+    def batches(workers, steps):
+        stream = SyntheticBatches(get_recipe("hdme"), 24, 2, seed=5, echo=2, synth_size=28, pool=3, workers=workers)
+        return [stream.batch_at(step) for step in steps]
+
+    inline = batches(0, range(10))
+    # steps 7… as a resumed run asks for them: the workers start again at the oldest chunk in the pool
+    for ahead in (batches(2, range(10)), [None] * 7 + batches(2, range(7, 10))):
+        for got, want in zip(ahead, inline):
+            if got is not None:
+                assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "train" / "configs").glob("*.json")), ids=lambda p: p.name)

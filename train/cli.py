@@ -64,8 +64,9 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16, else fp16) on CUDA; default on there."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Data-loading processes for --data."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering the synthetic stream (on the CPU, ahead of the steps) or loading --data; 0 renders on the training device."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (checkpoint + export) after this wall time."),
+    fit_minutes: Optional[float] = typer.Option(None, "--fit-minutes", help="End the run, learning-rate schedule included, after this wall time: the step total follows the measured speed, up to --steps."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate and export a moving average of the weights (e.g. 0.999); 0 = off."),
 ) -> None:
     """Train an HDME-Net variant (single process, or under `torchrun --nproc_per_node K`)."""
@@ -79,7 +80,7 @@ def train_command(
         "model": model, "out": out, "data": data, "steps": steps, "epochs": epochs, "batch": batch, "size": size,
         "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "val_every": val_every,
         "ckpt_every": ckpt_every, "seed": seed, "amp": amp, "workers": workers, "max_minutes": max_minutes,
-        "ema_decay": ema_decay,
+        "fit_minutes": fit_minutes, "ema_decay": ema_decay,
     }
     values.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})
     if steps is not None or epochs is not None:

@@ -7,12 +7,14 @@ run draws exactly the batches the uninterrupted run would have drawn.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any, Iterator
 
+import cv2
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
 from hdme.conventions import load_sigma_map
 from hdme.errors import HdmeError
@@ -43,30 +45,51 @@ class SyntheticBatches:
     ``size``), flip and 90° turn, so a step never sees one chunk over and over (consecutive repeats
     of one batch make the model chase that batch). σ labels are unchanged by these transforms
     (the PSF is isotropic).
+
+    ``workers`` > 0 renders the chunks ahead, in that many CPU processes, while the model trains;
+    0 renders each when it is first needed, on ``device``. The chunks are the same either way on a
+    CPU device (a CUDA generator draws other numbers).
     """
 
     def __init__(self, recipe: Any, size: int, batch: int, seed: int, rank: int = 0,
                  device: str | torch.device = "cpu", sources: Any = None, echo: int = 1,
-                 synth_size: int | None = None, pool: int = 16):
+                 synth_size: int | None = None, pool: int = 16, workers: int = 0):
         from hdme.train.synth.sources import as_source
 
-        if echo < 1 or pool < 1 or (synth_size is not None and synth_size < size):
-            raise ValueError("echo and pool must be ≥ 1, synth_size ≥ size")
+        if echo < 1 or pool < 1 or workers < 0 or (synth_size is not None and synth_size < size):
+            raise ValueError("echo and pool must be ≥ 1, workers ≥ 0, synth_size ≥ size")
         self.recipe, self.size, self.batch, self.seed, self.rank = recipe, size, batch, seed, rank
-        self.device = device
-        self.echo, self.pool = echo, pool
+        self.device = torch.device(device)
+        self.echo, self.pool, self.workers = echo, pool, workers
         self.synth_size = synth_size or size
         self.source = as_source(sources)  # loaded once, shared by every step's stream
         self._chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ahead: Iterator | None = None
+        self._ahead_next = 0  # the chunk index self._ahead yields next
 
     def _chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from hdme.train.synth import SyntheticStream
-
         if k not in self._chunks:
-            stream = SyntheticStream(self.recipe, self.synth_size, self.batch, _mix(self.seed, self.rank, k),
-                                     device=self.device, sources=self.source)
-            self._chunks[k] = stream.next_batch()
+            if self.workers == 0:
+                self._chunks[k] = render_chunk(self.recipe, self.synth_size, self.batch, self.seed, self.rank, k,
+                                               self.source, self.device)
+            else:
+                self._chunks[k] = self._next_ahead(k)
         return self._chunks[k]
+
+    def _next_ahead(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Steps ask for chunks in increasing order, so the loader only restarts after a resume.
+        if self._ahead is None or k < self._ahead_next:
+            # Spawned, not forked: OpenCV's thread pool does not survive a fork (setting its size
+            # in a forked child hangs), and neither does a CUDA context.
+            loader = DataLoader(_ChunkStream(self, k), batch_size=None, num_workers=self.workers,
+                                worker_init_fn=_single_threaded, multiprocessing_context="spawn",
+                                pin_memory=self.device.type == "cuda")
+            self._ahead, self._ahead_next = iter(loader), k
+        while True:
+            index, image, sigma = next(self._ahead)
+            self._ahead_next = index + 1
+            if index == k:
+                return image.to(self.device, non_blocking=True), sigma.to(self.device, non_blocking=True)
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         newest = step // self.echo
@@ -89,6 +112,33 @@ class SyntheticBatches:
             images.append(pair[:3])
             sigmas.append(pair[3:])
         return torch.stack(images).contiguous(), torch.stack(sigmas).contiguous()
+
+
+def render_chunk(recipe: Any, size: int, batch: int, seed: int, rank: int, k: int, source: Any,
+                 device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunk k of a run's synthetic stream: a function of (seed, rank, k) and the device alone."""
+    from hdme.train.synth import SyntheticStream
+
+    return SyntheticStream(recipe, size, batch, _mix(seed, rank, k), device=device, sources=source).next_batch()
+
+
+class _ChunkStream(IterableDataset):
+    """Chunks first, first + 1, … rendered on the CPU; worker w of W takes every W-th, and the
+    loader takes one from each worker in turn, so they arrive in order."""
+
+    def __init__(self, batches: SyntheticBatches, first: int):
+        self.args = (batches.recipe, batches.synth_size, batches.batch, batches.seed, batches.rank)
+        self.source, self.first = batches.source, first
+
+    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker, count = (info.id, info.num_workers) if info else (0, 1)
+        for k in itertools.count(self.first + worker, count):
+            yield (k, *render_chunk(*self.args, k, self.source, torch.device("cpu")))
+
+
+def _single_threaded(_: int) -> None:
+    cv2.setNumThreads(1)  # the parallelism comes from the worker processes
 
 
 def synthetic_split(recipe: Any, size: int, count: int, seed: int = VAL_SEED, batch: int = 16,

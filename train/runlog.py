@@ -55,6 +55,10 @@ class RunLog:
         if self._progress.disable:
             self.say(f"step {step} validation: " + " ".join(f"{k} {metrics[k]:.4f}" for k in ("mae", "rmse", "d1")))
 
+    def set_total(self, total: int) -> None:
+        self.total = total
+        self._progress.update(self._task, total=total)
+
     def advance(self, step: int) -> None:
         self._progress.update(self._task, completed=step)
 

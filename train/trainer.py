@@ -56,7 +56,7 @@ class TrainConfig:
     amp: bool | None = None  # None = on where CUDA is used
     channels_last: bool | None = None  # None = on where CUDA is used
     compile: bool = False
-    workers: int = 2
+    workers: int = 2  # processes rendering the synthetic stream, or loading --data
     seed: int = 0
     echo: int = 1  # steps per newly synthesised batch (each sample used this often); > 1 where rendering is the bottleneck
     synth_size: int | None = None  # side the stream renders at before the random crops; None = size
@@ -67,6 +67,9 @@ class TrainConfig:
     ckpt_every: int = 500
     log_every: int = 20
     max_minutes: float | None = None
+    # End the run, learning-rate schedule included, when its wall time reaches this: the step total
+    # is re-estimated from the measured speed as the run goes, and `steps` becomes the most it may take.
+    fit_minutes: float | None = None
     init: str | None = None
     resume: bool = False
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -90,6 +93,8 @@ class TrainConfig:
             raise HdmeError("--epochs needs --data (the synthetic stream has no epochs; use --steps)")
         if self.steps is None and self.epochs is None:
             raise HdmeError("give --steps N (or --epochs N with --data)")
+        if self.fit_minutes is not None and (self.fit_minutes <= 0 or self.steps is None):
+            raise HdmeError("--fit-minutes must be positive and needs --steps (the most the run may take)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise HdmeError("--ema-decay must be within [0, 1)")
         for name in ("batch", "size", "val_every", "ckpt_every", "log_every"):
@@ -105,16 +110,13 @@ def loss_fn(name: str, delta: float):
     return lambda pred, target: F.huber_loss(pred, target, delta=delta)
 
 
-def lr_factor(config: TrainConfig, total: int):
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        if config.schedule == "step":
-            return 0.1 ** sum(step >= total * k / 3 for k in (1, 2))
-        t = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
-        return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-    return factor
+def lr_factor(config: TrainConfig, step: int, total: int) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    if config.schedule == "step":
+        return 0.1 ** sum(step >= total * k / 3 for k in (1, 2))
+    t = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
 @dataclass
@@ -168,12 +170,14 @@ class Trainer:
 
             self.batches = SyntheticBatches(self.recipe, config.size, config.batch, config.seed, d.rank,
                                             device=self.device, sources=open_source(config.source),
-                                            echo=config.echo, synth_size=config.synth_size, pool=config.pool)
+                                            echo=config.echo, synth_size=config.synth_size, pool=config.pool,
+                                            workers=config.workers)
             self.total = config.steps
 
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(config, self.total))
+        # Reads self.total at every step: --fit-minutes moves it while the run goes.
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step, self.total))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.criterion = loss_fn(config.loss, config.huber_delta)
         self.step, self.best_mae, self.wall_before = 0, math.inf, 0.0
@@ -262,6 +266,19 @@ class Trainer:
             self.best_mae = self.last_val["mae"]
             self.export("best")
 
+    def fit_total(self, since: tuple[int, float], end_cost: float) -> None:
+        """Re-estimate the step total so that the run, its last validation and export included,
+        ends at ``fit_minutes`` of wall time, from the speed measured since ``since`` (step, wall)."""
+        step0, wall0 = since
+        if self.step <= step0:
+            return
+        seconds_per_step = (self.wall() - wall0) / (self.step - step0)
+        left = 60.0 * self.config.fit_minutes - self.wall() - end_cost
+        total = min(self.config.steps, self.step + max(0, int(left / seconds_per_step)))  # ≤ 0 left: stop here
+        self.total = self.d.gather(total)[0]  # rank 0's estimate, so every rank stops at the same step
+        if self.log is not None:
+            self.log.set_total(self.total)
+
     def train_step(self) -> torch.Tensor:
         image, sigma = self.batches.batch_at(self.step)
         image = image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
@@ -287,6 +304,8 @@ class Trainer:
         deadline = None if config.max_minutes is None else self.started + 60.0 * config.max_minutes
         self.net.train()
         losses, window_start = [], time.monotonic()
+        fit_since: tuple[int, float] | None = None  # speed is measured from the end of the first window on
+        end_cost = 0.0  # seconds of the last validation and checkpoint, kept free at the end of a fitted run
         try:
             while self.step < self.total:
                 losses.append(self.train_step())
@@ -296,6 +315,11 @@ class Trainer:
                         self.log.train(self.step, self.wall(), float(torch.stack(losses).mean()),
                                        self.scheduler.get_last_lr()[0], rate)
                     losses, window_start = [], time.monotonic()
+                    if config.fit_minutes is not None:
+                        if fit_since is None:
+                            fit_since = (self.step, self.wall())
+                        else:
+                            self.fit_total(fit_since, end_cost)
                 if d.main:
                     self.log.advance(self.step)
                 out_of_time = deadline is not None and d.any(time.monotonic() >= deadline)
@@ -304,11 +328,13 @@ class Trainer:
                         self.log.say(f"time budget of {config.max_minutes} min reached at step {self.step}")
                     break
                 if self.step < self.total and (self.step % config.val_every == 0 or self.step % config.ckpt_every == 0):
+                    started = time.monotonic()
                     if self.step % config.val_every == 0:
                         self.validate()
                     if self.step % config.ckpt_every == 0:
                         self.checkpoint()
                     window_start = time.monotonic()  # keep validation and checkpoints out of img/s
+                    end_cost = max(end_cost, window_start - started)
             self.validate()
             self.checkpoint()
             card: dict[str, Any] = {}
