@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Protocol
@@ -333,10 +333,18 @@ def run_accuracy(
     skipped: dict[str, str] = {}
     for spec in dataset_specs:
         try:
-            datasets.append(load_benchmark_dataset(spec))
+            dataset = load_benchmark_dataset(spec)
         except HdmeError as exc:
             skipped[spec] = str(exc)
             report(f"skipping dataset {spec}: {exc}")
+            continue
+        if any(d.name == dataset.name for d in datasets):
+            # Folders of one name (a/test, b/test) would share one column: name them by their paths.
+            dataset = replace(dataset, name=spec)
+        if any(d.name == dataset.name for d in datasets):
+            report(f"skipping dataset {spec}: given twice")
+            continue
+        datasets.append(dataset)
     results = {
         "kind": RESULTS_KIND,
         "hdme_version": __version__,

@@ -129,6 +129,21 @@ def test_missing_dataset_is_one_line_and_the_rest_runs(map_dir, tmp_path):
     assert list(res["datasets"]) == ["maps"] and res["runs"][0]["datasets"]["maps"]["mean"]["mae"] > 0
 
 
+def test_folders_of_one_name_get_a_column_each(map_dir, tmp_path):
+    import shutil
+
+    other = tmp_path / "elsewhere" / "maps"
+    shutil.copytree(map_dir, other)
+    for path in (other / "defocus").iterdir():  # different truth, so the two columns differ
+        save_sigma_map(path, np.full((48, 64), 2.0, np.float32))
+    lines = []
+    res = run_accuracy([str(map_dir), str(other), str(other)], [stand_in("c", ConstantPredictor(1.0))], report=lines.append, progress=False)
+    assert list(res["datasets"]) == ["maps", str(other)]
+    maes = [res["runs"][0]["datasets"][name]["mean"]["mae"] for name in res["datasets"]]
+    assert maes[1] == pytest.approx(0.1) and maes[0] != maes[1]
+    assert len(lines) == 1 and "given twice" in lines[0]
+
+
 def test_a_model_that_cannot_load_is_one_line(map_dir):
     def fail():
         raise HdmeError("no such model")
