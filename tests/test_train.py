@@ -9,6 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from safetensors.torch import load_file, save_file  # noqa: E402
+from torch.utils.data import DataLoader  # noqa: E402
 
 from hdme.errors import HdmeError  # noqa: E402
 from hdme.train import data as train_data  # noqa: E402
@@ -209,20 +210,26 @@ def test_synthetic_batches_keep_at_most_pool_batches_in_memory():
         assert len(batches._chunks) <= 3
 
 
-def test_synthetic_batches_rendered_ahead_by_workers_are_the_same_batches():
-    from hdme.train.data import SyntheticBatches
+def test_synthetic_batches_rendered_ahead_by_workers_are_the_same_batches(monkeypatch):
+    from hdme.train import data
     from hdme.train.synth import get_recipe
 
+    loaders = []
+    monkeypatch.setattr(data, "DataLoader", lambda *a, **k: loaders.append(1) or DataLoader(*a, **k))
+
     def batches(workers, steps):
-        stream = SyntheticBatches(get_recipe("hdme"), 24, 2, seed=5, echo=2, synth_size=28, pool=3, workers=workers)
+        # one sample a step from the last 4 chunks: most steps skip the newest chunk, later ones take it
+        stream = data.SyntheticBatches(get_recipe("hdme"), 24, 1, seed=5, echo=1, synth_size=28, pool=4, workers=workers)
         return [stream.batch_at(step) for step in steps]
 
     inline = batches(0, range(10))
+    assert not loaders
     # steps 7… as a resumed run asks for them: the workers start again at the oldest chunk in the pool
     for ahead in (batches(2, range(10)), [None] * 7 + batches(2, range(7, 10))):
         for got, want in zip(ahead, inline):
             if got is not None:
                 assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert len(loaders) == 2  # one per stream: skipped chunks are kept, not rendered again
 
 
 @pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "train" / "configs").glob("*.json")), ids=lambda p: p.name)

@@ -73,11 +73,12 @@ class SyntheticBatches:
                 self._chunks[k] = render_chunk(self.recipe, self.synth_size, self.batch, self.seed, self.rank, k,
                                                self.source, self.device)
             else:
-                self._chunks[k] = self._next_ahead(k)
+                self._fetch_ahead(k)
         return self._chunks[k]
 
-    def _next_ahead(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        # Steps ask for chunks in increasing order, so the loader only restarts after a resume.
+    def _fetch_ahead(self, k: int) -> None:
+        # New chunks are asked for in increasing order and those passed on the way are kept, so
+        # the loader only restarts after a resume.
         if self._ahead is None or k < self._ahead_next:
             # Spawned, not forked: OpenCV's thread pool does not survive a fork (setting its size
             # in a forked child hangs), and neither does a CUDA context.
@@ -85,11 +86,10 @@ class SyntheticBatches:
                                 worker_init_fn=_single_threaded, multiprocessing_context="spawn",
                                 pin_memory=self.device.type == "cuda")
             self._ahead, self._ahead_next = iter(loader), k
-        while True:
+        while self._ahead_next <= k:
             index, image, sigma = next(self._ahead)
             self._ahead_next = index + 1
-            if index == k:
-                return image.to(self.device, non_blocking=True), sigma.to(self.device, non_blocking=True)
+            self._chunks[index] = image.to(self.device, non_blocking=True), sigma.to(self.device, non_blocking=True)
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         newest = step // self.echo
