@@ -131,9 +131,8 @@ class _ChunkStream(IterableDataset):
         self.source, self.first = batches.source, first
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
-        info = get_worker_info()
-        worker, count = (info.id, info.num_workers) if info else (0, 1)
-        for k in itertools.count(self.first + worker, count):
+        info = get_worker_info()  # always set: the stream is only read through worker processes
+        for k in itertools.count(self.first + info.id, info.num_workers):
             yield (k, *render_chunk(*self.args, k, self.source, torch.device("cpu")))
 
 
