@@ -20,6 +20,8 @@ from hdme.io import atomic_path
 
 SIGMA_MAX = 10.0  # px; the range every model is trained on
 SIGMA_SCALE = 10.0  # network output × SIGMA_SCALE = σ px
+# Where accuracy is reported and balanced: edges of the true-σ bins, px (the last bin is open-ended).
+SIGMA_BIN_EDGES = (0.0, 1.0, 3.0, 5.0, 7.0, 10.0)
 PNG_SCALE = 1000.0  # 16-bit PNG value = round(PNG_SCALE · σ)
 COLORMAP = cv2.COLORMAP_INFERNO
 

@@ -76,3 +76,17 @@ def test_scenes_are_sharp_with_flat_regions_and_object_aligned_sigma():
     assert max(flat_shares) > 0.2
     again = draw_scene(64, np.random.default_rng(5), source, SigmaDistribution())
     assert np.array_equal(again[0], rgb) and np.array_equal(again[1], sigma)
+
+
+def test_fine_scenes_pack_more_occlusion_edges():
+    source = ImageListSource([np.random.default_rng(0).integers(0, 256, (80, 80, 3), dtype=np.uint8)])
+
+    def boundary_share(fine: bool) -> float:
+        # σ jumps where one object occludes another: the share of such pixels counts the edges
+        shares = []
+        for seed in range(8):
+            _, sigma = draw_scene(96, np.random.default_rng(seed), source, SigmaDistribution(), fine)
+            shares.append(np.mean(np.abs(np.diff(sigma, axis=1)) > 0.05))
+        return float(np.mean(shares))
+
+    assert boundary_share(True) > 1.25 * boundary_share(False)

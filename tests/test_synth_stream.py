@@ -22,7 +22,7 @@ def test_bundled_images_are_rgb_photos():
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3 and min(img.shape[:2]) >= 128
 
 
-@pytest.mark.parametrize("name", ["paper", "hdme"])
+@pytest.mark.parametrize("name", ["paper", "hdme", "hdme-range"])
 def test_stream_batches_are_well_formed_and_seeded(name, source):
     recipe = get_recipe(name)
     a = SyntheticStream(recipe, 48, 4, seed=7, sources=source)

@@ -244,3 +244,19 @@ def test_committed_configs_are_valid_runs(path):
     config.check()
     get_recipe(config.recipe)
     create_model(config.model, **config.model_overrides)
+
+
+def test_binned_l1_weighs_every_sigma_bin_the_same():
+    from hdme.train.trainer import binned_l1_loss
+
+    # 990 pixels at 0.5 px read 0.1 px off, 10 pixels at 8 px read 2 px low (σ/10 units)
+    target = torch.cat([torch.full((990,), 0.05), torch.full((10,), 0.8)])
+    pred = torch.cat([torch.full((990,), 0.06), torch.full((10,), 0.6)])
+    plain = torch.nn.functional.l1_loss(pred, target)
+    binned = binned_l1_loss(pred, target)
+    assert abs(float(plain) - (990 * 0.01 + 10 * 0.2) / 1000) < 1e-6
+    assert abs(float(binned) - (0.01 + 0.2) / 2) < 1e-6  # two bins present, each counted once
+    pred.requires_grad_(True)
+    binned_l1_loss(pred, target).backward()
+    # a pixel of the rare bin pulls 99× harder than one of the common bin
+    assert abs(float(pred.grad[-1].abs() / pred.grad[0].abs()) - 99.0) < 1e-3

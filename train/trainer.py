@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hdme.conventions import SIGMA_SCALE
+from hdme.conventions import SIGMA_BIN_EDGES, SIGMA_SCALE
 from hdme.errors import HdmeError
 from hdme.io import write_json
 from hdme.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -29,7 +29,7 @@ from hdme.train.distributed import Distributed
 from hdme.train.models import HDMENet, count_params, create_model, load_init_state, save_model
 from hdme.train.runlog import RunLog
 
-LOSSES = ("mse", "l1", "huber")
+LOSSES = ("mse", "l1", "huber", "binned_l1")
 SCHEDULES = ("step", "cosine")
 
 
@@ -102,7 +102,22 @@ class TrainConfig:
                 raise HdmeError(f"--{name.replace('_', '-')} must be positive")
 
 
+def binned_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """L1 averaged within each true-σ bin, then over the bins present: every bin weighs the same
+    whatever the σ prior, so neither the many small-σ pixels nor the large errors at large σ
+    decide the fit alone."""
+    edges = torch.tensor(SIGMA_BIN_EDGES[1:-1], device=target.device) / SIGMA_SCALE
+    bins = torch.bucketize(target.detach(), edges, right=True).flatten()
+    errors = (pred - target).abs().flatten()
+    count = torch.zeros(len(SIGMA_BIN_EDGES) - 1, device=target.device).index_add_(0, bins, torch.ones_like(errors))
+    total = torch.zeros_like(count).index_add_(0, bins, errors)
+    present = count > 0
+    return (total[present] / count[present]).mean()
+
+
 def loss_fn(name: str, delta: float):
+    if name == "binned_l1":
+        return binned_l1_loss
     if name == "mse":
         return F.mse_loss
     if name == "l1":

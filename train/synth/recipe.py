@@ -25,6 +25,7 @@ class SynthRecipe:
     name: str = "custom"
     shuffle: str = "full"  # "full" | "rowcol" | "none" (none keeps the source as it is)
     scene_fraction: float = 0.0  # share of structured scenes; the rest are shuffled-pixel samples
+    fine_scene_fraction: float = 0.0  # share of those scenes drawn with many small shapes (dense edges)
     maps: dict[str, float] = field(default_factory=lambda: {"patch": 0.2, "gaussian": 0.4, "segment": 0.4})
     sigma: dict = field(default_factory=lambda: {"kind": "uniform", "max": 10.0})
     psf: dict[str, float] = field(default_factory=lambda: {"gaussian": 1.0})
@@ -46,7 +47,7 @@ class SynthRecipe:
             problems.append(f"psf must weight some of {PSF_SHAPES}")
         if self.noise not in NOISE_MODELS:
             problems.append(f"noise must be one of {NOISE_MODELS}")
-        for key in ("scene_fraction", "noise_probability", "jpeg_probability", "bayer_probability"):
+        for key in ("scene_fraction", "fine_scene_fraction", "noise_probability", "jpeg_probability", "bayer_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
         if not 0.0 < self.render_error_8bit <= 8.0:
@@ -84,6 +85,21 @@ RECIPES: dict[str, SynthRecipe] = {
         # Real photos are mostly 0–3 px: where blur cannot be seen (flat regions, large σ on
         # shuffled pixels) the network falls back on this prior, so it must look like real data.
         sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.7},
+        psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
+        camera_sigma=[0.2, 0.45],
+        noise="camera",
+        noise_probability=0.6,
+        jpeg_probability=0.3,
+    ),
+    # The shipped model's recipe over the whole σ range: most draws above 3 px (the σ of real
+    # backgrounds and macro shots), and a third of the scenes dense with small shapes so that
+    # blur is read from how edges spread, not from how many there are.
+    "hdme-range": SynthRecipe(
+        name="hdme-range",
+        scene_fraction=0.7,
+        fine_scene_fraction=0.35,
+        maps={"patch": 0.25, "gaussian": 0.3, "segment": 0.25, "depth": 0.2},
+        sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.2},
         psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
         camera_sigma=[0.2, 0.45],
         noise="camera",

@@ -119,8 +119,9 @@ _SHAPES = ("polygon", "ellipse", "blob", "stroke", "text", "rectangle")
 _SHAPE_WEIGHTS = (0.22, 0.2, 0.22, 0.14, 0.08, 0.14)
 
 
-def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
-    """Coverage in [0, 1] of one shape, drawn at SUPERSAMPLE× and area-downsampled."""
+def _shape_mask(kind: str, size: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
+    """Coverage in [0, 1] of one shape, drawn at SUPERSAMPLE× and area-downsampled; ``scale``
+    shrinks its size and stroke widths."""
     big = size * SUPERSAMPLE
     canvas = np.zeros((big, big), np.uint8)
     unit = big * (1 << _SHIFT)
@@ -129,7 +130,7 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
         return int(p[0] * unit), int(p[1] * unit)
 
     centre = rng.uniform(-0.1, 1.1, 2)
-    radius = rng.uniform(0.05, 0.45)
+    radius = rng.uniform(0.05, 0.45) * scale
     if kind == "polygon":
         n = int(rng.integers(3, 9))
         angles = np.sort(rng.uniform(0, 2 * math.pi, n))
@@ -154,33 +155,37 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     elif kind == "stroke":
         n = int(rng.integers(2, 6))
         pts = centre + np.cumsum(rng.normal(0, radius, (n, 2)), axis=0)
-        thickness = max(1, int(rng.uniform(0.5, 8.0) * SUPERSAMPLE))
+        thickness = max(1, int(rng.uniform(0.5, 8.0) * scale * SUPERSAMPLE))
         cv2.polylines(canvas, [np.array([pt(p) for p in pts], np.int32)], False, 255, thickness, cv2.LINE_8, _SHIFT)
     else:  # text
         letters = "ABCDEFGHJKLMNPQRSTUVWXYZabdefghkmnpqrstuvwxyz0123456789"
         text = "".join(rng.choice(list(letters), int(rng.integers(2, 9))))
-        scale = rng.uniform(0.4, 2.5) * size / 256 * SUPERSAMPLE
+        font_scale = rng.uniform(0.4, 2.5) * scale * size / 256 * SUPERSAMPLE
         org = (int(rng.uniform(-0.1, 0.8) * big), int(rng.uniform(0.1, 1.0) * big))
-        cv2.putText(canvas, text, org, int(rng.choice([0, 1, 2, 3, 4, 6, 7])), scale, 255,
-                    max(1, int(scale * rng.uniform(1.0, 3.0))), cv2.LINE_8)
+        cv2.putText(canvas, text, org, int(rng.choice([0, 1, 2, 3, 4, 6, 7])), font_scale, 255,
+                    max(1, int(font_scale * rng.uniform(1.0, 3.0))), cv2.LINE_8)
     return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
 
 
-def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribution) -> tuple[np.ndarray, np.ndarray]:
+def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribution,
+               fine: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One all-in-focus scene (RGB uint8 size×size×3) and its thin-lens σ map (float32 px).
 
     The background is a plane or ramp in inverse depth; 3–15 shapes are stacked in front of it,
     later shapes nearer. The focus plane lies inside the depth range (often on an object), so some
     regions are in focus and σ is piecewise smooth with jumps exactly at occlusion boundaries.
+    ``fine`` scenes stack 12–40 shapes at 0.15–0.5× the size, so that dense edges occur at every
+    blur: the density of edges must not tell the network how blurred they are.
     """
     ys, xs = _coords(size)
     image = _fill(str(rng.choice(_BACKGROUND_FILLS, p=_BACKGROUND_WEIGHTS)), size, rng, source)
     a, b = rng.uniform(-0.3, 0.3, 2)
     inv_depth = np.clip(rng.uniform(0.0, 0.3) + a * xs + b * ys, 0.0, None).astype(np.float32)
-    n = int(rng.integers(3, 16))
+    n = int(rng.integers(12, 41)) if fine else int(rng.integers(3, 16))
     object_depths = np.sort(rng.uniform(0.2, 1.0, n))
     for depth in object_depths:
-        alpha = _shape_mask(str(rng.choice(_SHAPES, p=_SHAPE_WEIGHTS)), size, rng)
+        scale = rng.uniform(0.15, 0.5) if fine else 1.0
+        alpha = _shape_mask(str(rng.choice(_SHAPES, p=_SHAPE_WEIGHTS)), size, rng, scale)
         if not alpha.any():
             continue
         fill = _fill(str(rng.choice(_OBJECT_FILLS, p=_OBJECT_WEIGHTS)), size, rng, source)

@@ -68,7 +68,9 @@ def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
     sources, sigmas, kinds = [], [], []
     for _ in range(count):
         if rng.random() < recipe.scene_fraction:
-            rgb, sigma = draw_scene(size, rng, source, dist)
+            # drawn only where the recipe asks for fine scenes, so older recipes keep their streams
+            fine = recipe.fine_scene_fraction > 0 and rng.random() < recipe.fine_scene_fraction
+            rgb, sigma = draw_scene(size, rng, source, dist, fine)
             sources.append(_to_tensor(rgb, device))
             sigmas.append(torch.from_numpy(sigma).to(device))
             kinds.append("scene")
