@@ -182,3 +182,39 @@ def test_cli_predict_tta_option(models, tmp_path):
     bad = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(models["tiny"]),
                               "--out", str(tmp_path / "x"), "--tta", "rotate"])
     assert isinstance(bad.exception, HdmeError) and "unknown --tta 'rotate'" in str(bad.exception)
+
+
+@pytest.mark.parametrize("constant, plain, extended", [(0.25, 2.5, 2.5), (0.7, 7.0, 10.5), (0.9, 9.0, 36.0)])
+def test_extended_range_hands_over_to_coarser_scales_near_the_top(tmp_path, constant, plain, extended):
+    # A model that reads the same σ at every scale: at 1/s scale that means s times the blur.
+    model = tiny_onnx(tmp_path / "c.onnx", constant=constant)
+    rgb = textured_rgb(256, 192)
+    np.testing.assert_allclose(DefocusPredictor(model, tta="none").predict(rgb), plain, rtol=1e-4)
+    np.testing.assert_allclose(DefocusPredictor(model, tta="none", extend_range=True).predict(rgb), extended, rtol=1e-4)
+
+
+def test_merge_keeps_the_full_scale_where_it_reads_small_whatever_the_coarse_scales_say():
+    from hdme.runtime.predict import merge_scales
+
+    full = np.array([[1.0, 5.0, 7.0, 9.0]], np.float32)
+    coarse = {2: np.array([[20.0, 20.0, 14.0, 18.0]], np.float32), 4: np.array([[40.0, 40.0, 40.0, 36.0]], np.float32)}
+    np.testing.assert_allclose(merge_scales(full, coarse), [[1.0, 5.0, 10.5, 36.0]])
+
+
+def test_cli_predict_says_when_the_map_saturates(tmp_path):
+    model = tiny_onnx(tmp_path / "c.onnx", constant=0.9)
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(128, 128))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model", str(model)])
+    assert result.exit_code == 0
+    assert "100% of pixels at the top of the range" in result.output and "--extend-range" in result.output
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o2"), "--model", str(model),
+                                      "--extend-range"])
+    assert result.exit_code == 0 and "100% of pixels at the top" in result.output and "--extend-range reads" not in result.output
+    assert np.allclose(load_sigma_map(tmp_path / "o2" / "a.npy"), 36.0, rtol=1e-3)
+    # 64 px shrunk 4× is below the network's minimum: only the half scale runs, up to 20 px
+    small = DefocusPredictor(model, tta="none", extend_range=True)
+    np.testing.assert_allclose(small.predict(textured_rgb(64, 64)), 18.0, rtol=1e-4)
+    assert small.last_range_max == 20.0
+    model = tiny_onnx(tmp_path / "d.onnx", constant=0.5)
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o3"), "--model", str(model)])
+    assert result.exit_code == 0 and "top of the range" not in result.output
