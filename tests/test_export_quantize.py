@@ -98,6 +98,29 @@ def test_cpu_int8_has_unsigned_activations_and_signed_weights(quantized):
     assert produced_by[out_conv.input[1]].op_type == "DequantizeLinear"
 
 
+def test_tensorrt_refuses_the_cpu_int8_layout_before_building(quantized, tmp_path):
+    from hdme.errors import HdmeError
+    from hdme.export.onnx import set_metadata
+    from hdme.export.tensorrt import build_engine, tensorrt_qdq_problem
+
+    _, paths, _ = quantized
+    trt_model = onnx.load(str(paths["int8"]))
+    assert tensorrt_qdq_problem(trt_model) is None
+    q = next(n for n in trt_model.graph.node if n.op_type == "QuantizeLinear")
+    zero_point = next(i for i in trt_model.graph.initializer if i.name == q.input[2])
+    zero_point.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(zero_point).shape, 3, np.int8), zero_point.name))
+    assert "zero point other than 0" in tensorrt_qdq_problem(trt_model)
+    cpu = onnx.load(str(paths["int8-cpu"]))
+    assert "ONNX Runtime's CPU kernels" in tensorrt_qdq_problem(cpu)
+    # Without hdme's metadata (a file from elsewhere) the Q/DQ layout itself tells.
+    set_metadata(cpu, {"int8_target": ""})
+    assert "quantises to UINT8" in tensorrt_qdq_problem(cpu)
+    engine = tmp_path / "cpu.engine"
+    with pytest.raises(HdmeError, match="TensorRT cannot build this INT8 graph"):
+        build_engine(paths["int8-cpu"], engine)
+    assert not engine.exists()
+
+
 def test_calibration_methods_give_different_ranges(quantized, tmp_path):
     from hdme.export.quantize import quantize_int8
 
