@@ -108,7 +108,7 @@ def trt_command(
     onnx_file: Path = typer.Argument(..., help="ONNX to build (FP32, FP16 or Q/DQ INT8)."),
     out: Path = typer.Option(..., "--out", help="Output .engine file (a .engine.json sidecar is written beside it)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: that of the ONNX)."),
-    shapes: str = typer.Option(DEFAULT_SHAPES, "--shapes", help="Optimisation profile min:opt:max (NxCxHxW); sides are multiples of the network's 32, as the runtime pads frames (720p runs at 736x1280)."),
+    shapes: str = typer.Option(DEFAULT_SHAPES, "--shapes", help="Optimisation profile min:opt:max (NxCxHxW); sides are multiples of the network's multiple (32 for the shipped models), to which the runtime pads frames: 720p runs at 736x1280."),
     workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for INT8 from an FP32 ONNX (TensorRT 10)."),
