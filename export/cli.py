@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from hdme.export.tensorrt import DEFAULT_SHAPES
 from hdme.weights import DEFAULT_MODEL
 
 export_app = typer.Typer(
@@ -107,7 +108,7 @@ def trt_command(
     onnx_file: Path = typer.Argument(..., help="ONNX to build (FP32, FP16 or Q/DQ INT8)."),
     out: Path = typer.Option(..., "--out", help="Output .engine file (a .engine.json sidecar is written beside it)."),
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32, fp16 or int8 (default: that of the ONNX)."),
-    shapes: str = typer.Option("1x3x256x256:1x3x480x640:1x3x720x1280", "--shapes", help="Optimisation profile min:opt:max (NxCxHxW)."),
+    shapes: str = typer.Option(DEFAULT_SHAPES, "--shapes", help="Optimisation profile min:opt:max (NxCxHxW); sides are multiples of the network's multiple (32 for the shipped models), to which the runtime pads frames: 720p runs at 736x1280."),
     workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for INT8 from an FP32 ONNX (TensorRT 10)."),
@@ -125,7 +126,7 @@ def triton_command(
     model: Path = typer.Option(..., "--model", help=".onnx or .engine file."),
     repo: Path = typer.Option(..., "--repo", help="Triton model repository folder."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: file name stem)."),
-    max_batch: int = typer.Option(8, "--max-batch", help="Largest batch the server forms (0: no batching)."),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch the server forms (default: 8, or the engine profile's largest batch if smaller; 0: no batching)."),
     instances: int = typer.Option(1, "--instances", help="Model instances."),
 ) -> None:
     """Write a Triton Inference Server model repository entry (config.pbtxt + version 1)."""

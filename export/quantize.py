@@ -11,9 +11,11 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import os
+import re
 from pathlib import Path
 
 from hdme.errors import HdmeError
@@ -60,6 +62,13 @@ def head_nodes(model) -> list[str]:
     return sorted(selected)
 
 
+def exclusion_patterns(names: list[str]) -> list[str]:
+    """ModelOpt reads ``nodes_to_exclude`` as regular expressions matched at the start of each node
+    name (``re.match``): '/Concat_3' would also exclude '/Concat_30'. Escaped and anchored at the
+    end, each name selects its own node only."""
+    return [re.escape(name) + r"\Z" for name in names]
+
+
 def default_output(src: str | os.PathLike, precision: str, target: str = "tensorrt") -> Path:
     """model.onnx → model.fp16.onnx, model.int8.onnx (TensorRT) or model.int8-cpu.onnx."""
     src = Path(src)
@@ -103,7 +112,7 @@ def convert_fp16(src: str | os.PathLike, out: str | os.PathLike, backend: str = 
         converted = autocast.convert_to_mixed_precision(
             onnx_path=str(src),
             low_precision_type="fp16",
-            nodes_to_exclude=exclude or None,
+            nodes_to_exclude=exclusion_patterns(exclude) if exclude else None,
             keep_io_types=True,
         )
     else:
@@ -157,9 +166,14 @@ def quantize_int8(
     if keep_head is None:
         keep_head = target == "tensorrt"
     exclude = sorted(set(exclude or []) | set(head_nodes(model) if keep_head else []))
-    use_modelopt = target == "tensorrt" and (backend == "modelopt" or (backend == "auto" and _modelopt_available()))
     if backend == "modelopt" and target == "cpu":
         raise HdmeError("ModelOpt writes TensorRT Q/DQ graphs only; use --backend ort for --target cpu")
+    if backend == "modelopt" and method == "percentile":
+        raise HdmeError("ModelOpt calibrates INT8 with 'max' or 'entropy', not 'percentile'; use --backend ort")
+    # ModelOpt has no percentile calibration: 'auto' takes ONNX Runtime's for it.
+    use_modelopt = target == "tensorrt" and (
+        backend == "modelopt" or (backend == "auto" and method != "percentile" and _modelopt_available())
+    )
     import onnx
 
     with atomic_path(out) as tmp:
@@ -179,17 +193,21 @@ def _quantize_modelopt(src: Path, out: Path, calib, method: str, exclude: list[s
 
     from hdme.errors import require
 
-    if method == "percentile":
-        raise HdmeError("ModelOpt calibrates INT8 with 'max' or 'entropy', not 'percentile'")
     quantization = require("modelopt.onnx.quantization", "modelopt")
     data = np.stack([calib.load(i) for i in range(len(calib))])
+    options = {}
+    # Releases with high_precision_dtype default it to fp16, which would turn the head kept out of
+    # INT8 into FP16: the accuracy bounds were measured with it in float32.
+    if "high_precision_dtype" in inspect.signature(quantization.quantize).parameters:
+        options["high_precision_dtype"] = "fp32"
     quantization.quantize(
         onnx_path=str(src),
         quantize_mode="int8",
         calibration_data=data,
         calibration_method=method,
-        nodes_to_exclude=exclude or None,
+        nodes_to_exclude=exclusion_patterns(exclude) if exclude else None,
         output_path=str(out),
+        **options,
     )
 
 
@@ -207,11 +225,21 @@ def _ort_quiet():
         root.setLevel(level)
 
 
+def ort_takes_calibration_ranges() -> bool:
+    """Whether ``quantize_static`` accepts ranges computed beforehand (``calibration_cache_path``,
+    with ``save_tensors_data`` beside it: onnxruntime 1.27 and later)."""
+    from onnxruntime.quantization import calibrate, quantize_static
+
+    return "calibration_cache_path" in inspect.signature(quantize_static).parameters and hasattr(
+        calibrate, "save_tensors_data"
+    )
+
+
 def _quantize_ort(src: Path, out: Path, calib, method: str, target: str, exclude: list[str] | None, progress) -> None:
     import tempfile
 
+    import onnxruntime
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
 
     from hdme.export.calibration import ort_calibration_reader
     from hdme.export.onnx import INPUT_NAME
@@ -222,6 +250,41 @@ def _quantize_ort(src: Path, out: Path, calib, method: str, target: str, exclude
         "percentile": CalibrationMethod.Percentile,
     }[method]
     symmetric = target == "tensorrt"
+    takes_ranges = ort_takes_calibration_ranges()
+    if method == "entropy" and not takes_ranges:
+        raise HdmeError(
+            f"entropy calibration needs onnxruntime 1.27 or later (found {onnxruntime.__version__}): older "
+            "releases search 128 histogram bins for 128 levels and return the max range; "
+            "use --method max or percentile, or upgrade onnxruntime"
+        )
+    settings = dict(
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        # TensorRT: signed activations with zero point 0. CPU: unsigned activations, which the MLAS
+        # integer convolutions of ONNX Runtime consume directly (U8S8).
+        activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude or None,
+        calibrate_method=calibrate_method,
+    )
+    quantization_options = {
+        # Biases stay float: TensorRT's Q/DQ types are 8-bit (and smaller); an int32 bias
+        # DequantizeLinear is not one of them, and both runtimes fuse a float bias into the conv.
+        "QuantizeBias": False,
+        "WeightSymmetric": True,
+        "ActivationSymmetric": symmetric,
+    }
+    if not takes_ranges:
+        # quantize_static calibrates itself: max and percentile (2048 bins) come out as below.
+        with _ort_quiet():
+            quantize_static(
+                str(src), str(out), ort_calibration_reader(calib, INPUT_NAME, progress), **settings,
+                extra_options={**quantization_options, "CalibTensorRangeSymmetric": symmetric, "CalibPercentile": PERCENTILE},
+            )
+        return
+
+    from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
     with tempfile.TemporaryDirectory(prefix="hdme-calib-") as work:
         # The ranges are computed here rather than inside quantize_static, which cannot set the
         # histogram size: its entropy default of 128 bins for 128 quantised bins leaves the
@@ -238,25 +301,8 @@ def _quantize_ort(src: Path, out: Path, calib, method: str, target: str, exclude
             ranges = Path(work) / "ranges.json"
             save_tensors_data(calibrator.compute_data(), ranges)
         del calibrator
-        # TensorRT: signed activations with zero point 0. CPU: unsigned activations, which the MLAS
-        # integer convolutions of ONNX Runtime consume directly (U8S8).
         with _ort_quiet():
             quantize_static(
-                str(src),
-                str(out),
-                None,
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=exclude or None,
-                calibrate_method=calibrate_method,
-                calibration_cache_path=str(ranges),
-                extra_options={
-                    # Biases stay float: TensorRT's Q/DQ types are 8-bit (and smaller); an int32 bias
-                    # DequantizeLinear is not one of them, and both runtimes fuse a float bias into the conv.
-                    "QuantizeBias": False,
-                    "WeightSymmetric": True,
-                    "ActivationSymmetric": symmetric,
-                },
+                str(src), str(out), None, **settings,
+                calibration_cache_path=str(ranges), extra_options=quantization_options,
             )

@@ -22,6 +22,7 @@ SIDECAR_KEYS = (
     "compute_capability",
     "precision",
     "profile",
+    "multiple",
     "onnx_sha256",
     "calib_sha256",
     "hdme_version",

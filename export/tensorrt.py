@@ -16,7 +16,9 @@ from pathlib import Path
 from hdme.errors import HdmeError
 
 PRECISIONS = ("fp32", "fp16", "int8")
-DEFAULT_SHAPES = "1x3x256x256:1x3x480x640:1x3x720x1280"
+# Sides are multiples of the network's 32 because the runtime pads frames to them: 720p frames run
+# at 736×1280 (the shape tuned for), 1080p ones at 1088×1920 (the largest).
+DEFAULT_SHAPES = "1x3x256x256:1x3x736x1280:1x3x1088x1920"
 CALIB_BATCH = 8
 
 
@@ -41,7 +43,7 @@ def _parse_shape(text: str) -> tuple[int, int, int, int]:
 
 
 def parse_shapes(text: str) -> Profile:
-    """'1x3x256x256:1x3x480x640:1x3x720x1280' (min:opt:max), or one shape for a fixed profile."""
+    """'1x3x256x256:1x3x736x1280:1x3x1088x1920' (min:opt:max), or one shape for a fixed profile."""
     parts = text.split(":")
     if len(parts) == 1:
         parts = parts * 3
@@ -108,13 +110,45 @@ def cuda_runtime():
     return cudart
 
 
-def gpu_info() -> tuple[str, str]:
-    """(name, compute capability 'major.minor') of CUDA device 0."""
-    err, props = cuda_runtime().cudaGetDeviceProperties(0)
-    if int(err) != 0:
-        raise HdmeError(f"no usable CUDA device ({err})")
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
-    return name, f"{props.major}.{props.minor}"
+def gpu_info(device_id: int = 0) -> tuple[str, str]:
+    """(name, compute capability 'major.minor') of a CUDA device, through whichever CUDA library
+    the runtime's buffers use here, so that an engine's sidecar names the GPU as the runtime sees it."""
+    from hdme.runtime.backends.buffers import open_cuda_api
+
+    api = open_cuda_api(device_id)
+    try:
+        return api.device_info()
+    finally:
+        api.close()
+
+
+def tensorrt_qdq_problem(model) -> str | None:
+    """Why TensorRT cannot build this Q/DQ graph, or None. TensorRT quantises symmetrically: signed
+    INT8 with zero point 0; ONNX Runtime's CPU layout has unsigned activations with other zero points."""
+    from onnx import TensorProto, numpy_helper
+
+    from hdme.export.onnx import metadata
+
+    if metadata(model).get("int8_target") == "cpu":
+        return "it was quantised for ONNX Runtime's CPU kernels (unsigned activations, zero points not 0)"
+    constants = {i.name: i for i in model.graph.initializer}
+    constants.update({n.output[0]: a.t for n in model.graph.node if n.op_type == "Constant" for a in n.attribute if a.name == "value"})
+    for node in model.graph.node:
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or node.input[2] not in constants:
+            continue
+        zero_point = constants[node.input[2]]
+        if zero_point.data_type in (TensorProto.UINT8, TensorProto.UINT16, TensorProto.UINT4):
+            return f"{node.name} quantises to {TensorProto.DataType.Name(zero_point.data_type)}; TensorRT takes signed types"
+        if numpy_helper.to_array(zero_point).astype(float).any():
+            return f"{node.name} has a zero point other than 0"
+    return None
+
+
+def calibration_shape(dims: list[int | None], size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The fixed NCHW shape the INT8 calibrator feeds: CALIB_BATCH images of ``size``, except on
+    the axes where the ONNX input is static, which keep its size."""
+    n, _, h, w = dims
+    return (n or CALIB_BATCH, 3, h or size[0], w or size[1])
 
 
 def _progress_monitor(trt, console):
@@ -165,20 +199,33 @@ def build_engine(
     model = load_onnx(onnx_path)
     if out.suffix not in (".engine", ".plan"):
         raise HdmeError(f"{out}: a TensorRT engine file ends in .engine or .plan")
+    multiple, dims = network_multiple(model), input_dims(model)
     profile = parse_shapes(shapes)
-    validate_profile(profile, network_multiple(model), input_dims(model))
+    validate_profile(profile, multiple, dims)
+    if onnx_precision(model) == "int8":
+        problem = tensorrt_qdq_problem(model)
+        if problem:
+            raise HdmeError(
+                f"{onnx_path}: TensorRT cannot build this INT8 graph: {problem}; quantise the FP32 ONNX "
+                "for TensorRT with: hdme export quantize MODEL.onnx --precision int8"
+            )
+    # Which GPU the engine is for, before the build: a machine whose CUDA libraries cannot reach
+    # the GPU fails here, not after minutes of building.
+    gpu_name, capability = gpu_info()
     trt = require("tensorrt", "trt")
     major = tensorrt_major(trt)
     if major < 10:
         raise HdmeError(f"TensorRT {trt.__version__} is too old: hdme builds with TensorRT 10 or newer")
     kind, mode = build_mode(onnx_precision(model), precision, major)
-    calib = None
+    calib = calib_shape = None
     if mode == "flags" and kind == "int8":
-        from hdme.export.calibration import CalibrationSet
+        from hdme.export.calibration import CALIB_SIZE, CalibrationSet
 
         if calib_dir is None:
             raise HdmeError("INT8 from an FP32 ONNX needs --calib DIR (or quantise the ONNX first)")
-        calib = CalibrationSet(calib_dir)
+        calib_shape = calibration_shape(dims, CALIB_SIZE)
+        validate_profile(Profile(calib_shape, calib_shape, calib_shape), multiple, dims)
+        calib = CalibrationSet(calib_dir, size=calib_shape[2:])
     calib_sha = calib.sha256 if calib is not None else metadata(model).get("calib_sha256")
 
     logger = trt.Logger(trt.Logger.WARNING)
@@ -204,16 +251,18 @@ def build_engine(
             from hdme.export.trt_calibrator import EntropyCalibrator
 
             config.set_flag(trt.BuilderFlag.INT8)
-            # The calibrator feeds fixed CALIB_BATCH×3×H×W batches: calibrate on a profile of that shape.
-            calib_shape = (CALIB_BATCH, 3, *calib.size)
+            # The calibrator feeds batches of one fixed shape: calibrate on a profile of that shape.
             calib_profile = builder.create_optimization_profile()
             calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
             config.set_calibration_profile(calib_profile)
             cache_path = Path(calib_cache) if calib_cache else out.with_name(out.name + ".calib")
-            config.int8_calibrator = EntropyCalibrator(calib, CALIB_BATCH, cache_path)
+            config.int8_calibrator = EntropyCalibrator(calib, calib_shape[0], cache_path)
 
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False)
+    if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):
+        raise HdmeError(
+            f"{timing_cache}: a timing cache from another GPU or TensorRT release; delete it or use another file"
+        )
     monitor = _progress_monitor(trt, console)
     if monitor is not None:
         config.progress_monitor = monitor
@@ -223,13 +272,13 @@ def build_engine(
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise HdmeError(f"TensorRT could not build {onnx_path.name} (see the messages above)")
-    gpu_name, capability = gpu_info()
     info = {
         "tensorrt_version": trt.__version__,
         "gpu_name": gpu_name,
         "compute_capability": capability,
         "precision": kind,
         "profile": profile.as_dict(),
+        "multiple": multiple,
         "onnx_sha256": file_sha256(onnx_path),
         "calib_sha256": calib_sha,
         "hdme_version": __version__,

@@ -11,6 +11,7 @@ from pathlib import Path
 from hdme.errors import HdmeError
 
 MAX_QUEUE_DELAY_US = 100
+DEFAULT_MAX_BATCH = 8
 
 
 def _dims_text(dims: list[int]) -> str:
@@ -41,6 +42,8 @@ def config_text(name: str, platform: str, max_batch: int, chw: list[int | None],
     c, h, w = (d if d is not None else -1 for d in chw)
     kind = "KIND_GPU" if platform == "tensorrt_plan" else "KIND_AUTO"
     batched = max_batch > 0
+    # Triton takes an image format only with exactly 3 dims (C, H, W after the batch it forms).
+    image_format = ["    format: FORMAT_NCHW"] if batched else []
     lines = [
         f'name: "{name}"',
         f'platform: "{platform}"',
@@ -49,7 +52,7 @@ def config_text(name: str, platform: str, max_batch: int, chw: list[int | None],
         "  {",
         '    name: "image"',
         "    data_type: TYPE_FP32",
-        "    format: FORMAT_NCHW",
+        *image_format,
         f"    dims: {_dims_text(([] if batched else [fixed_batch]) + [c, h, w])}",
         "  }",
         "]",
@@ -62,15 +65,17 @@ def config_text(name: str, platform: str, max_batch: int, chw: list[int | None],
         "]",
         f"instance_group [ {{ count: {instances} kind: {kind} }} ]",
     ]
-    if batched:
+    if max_batch > 1:
         lines.append(f"dynamic_batching {{ max_queue_delay_microseconds: {MAX_QUEUE_DELAY_US} }}")
     return "\n".join(lines) + "\n"
 
 
 def write_repository(
-    model: str | os.PathLike, repo: str | os.PathLike, name: str | None = None, max_batch: int = 8, instances: int = 1
+    model: str | os.PathLike, repo: str | os.PathLike, name: str | None = None, max_batch: int | None = None, instances: int = 1
 ) -> Path:
-    """Write (or replace) ``repo/name`` for ``model``; returns that folder."""
+    """Write (or replace) ``repo/name`` for ``model``; returns that folder. ``max_batch``: the largest
+    batch the server forms (default DEFAULT_MAX_BATCH, or an engine profile's largest batch if
+    smaller; 0: no batching)."""
     from hdme.export.triton_schema import parse_config
 
     model, repo = Path(model), Path(repo)
@@ -83,8 +88,10 @@ def write_repository(
     if instances < 1:
         raise HdmeError(f"instances must be at least 1, not {instances}")
     platform, filename, static_batch, shape, profile_max_batch = _source_shape(model)
+    if max_batch is None:
+        max_batch = min(DEFAULT_MAX_BATCH, profile_max_batch or DEFAULT_MAX_BATCH)
     if profile_max_batch is not None and max_batch > profile_max_batch:
-        raise HdmeError(f"--max-batch {max_batch} exceeds the engine profile's largest batch {profile_max_batch}")
+        raise HdmeError(f"max batch {max_batch} exceeds the engine profile's largest batch {profile_max_batch}")
     if static_batch is not None:
         max_batch = 0  # a fixed batch dimension cannot be batched by the server
     if max_batch < 0:

@@ -98,6 +98,11 @@ def parse_config(text: str):
         problems.append("max_batch_size is negative")
     if config.max_batch_size == 0 and config.HasField("dynamic_batching"):
         problems.append("dynamic_batching needs max_batch_size > 0")
+    formats = config.DESCRIPTOR.fields_by_name["input"].message_type.enum_types_by_name["Format"]
+    image_formats = {formats.values_by_name[f].number for f in ("FORMAT_NHWC", "FORMAT_NCHW")}
+    for tensor in config.input:
+        if tensor.format in image_formats and len(tensor.dims) != 3:
+            problems.append(f"model input NHWC/NCHW require 3 dims ('{tensor.name}' has {len(tensor.dims)})")
     if not config.input or not config.output:
         problems.append("inputs and outputs must be listed")
     for tensor in [*config.input, *config.output]:

@@ -1,8 +1,8 @@
 """INT8 entropy calibration for TensorRT 10 builds from an FP32 ONNX (builder-flag path).
 
-TensorRT 11 removed implicit INT8 calibration; there INT8 comes from a Q/DQ ONNX written by
-``hdme export quantize``. This module imports tensorrt and cuda-python at import time and is only
-imported by a TensorRT 10 INT8 build.
+TensorRT 11 removed implicit INT8 calibration with its calibrator classes; there INT8 comes from a
+Q/DQ ONNX written by ``hdme export quantize``, and ``build_mode`` never takes this path. This
+module imports tensorrt at import time and is only imported by a TensorRT 10 INT8 build.
 """
 
 from __future__ import annotations
@@ -12,23 +12,22 @@ from pathlib import Path
 import numpy as np
 import tensorrt as trt
 
+from hdme.errors import HdmeError
 from hdme.export.calibration import CalibrationSet, read_calibration_cache, write_calibration_cache
-from hdme.export.tensorrt import cuda_runtime
+from hdme.runtime.backends.buffers import nbytes, open_cuda_api
 
-cudart = cuda_runtime()
-
-
-def _check(result):
-    err, *rest = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA error {err}")
-    return rest[0] if len(rest) == 1 else rest
+if not hasattr(trt, "IInt8EntropyCalibrator2"):
+    raise HdmeError(
+        f"TensorRT {trt.__version__} has no INT8 calibrators (removed in TensorRT 11): quantise the ONNX "
+        "with 'hdme export quantize MODEL.onnx --precision int8' and build that file"
+    )
 
 
 class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
-    """Feeds ``calib`` in fixed batches through one device buffer; the table TensorRT computes is
-    cached in ``cache_path`` tagged with the calibration set's hash, so a later build on the same
-    images skips calibration and a build on other images does not reuse stale scales."""
+    """Feeds ``calib`` in fixed batches through one device buffer, copied with whichever CUDA library
+    the runtime uses here (cuda-python or PyCUDA); the table TensorRT computes is cached in
+    ``cache_path`` tagged with the calibration set's hash, so a later build on the same images
+    skips calibration and a build on other images does not reuse stale scales."""
 
     def __init__(self, calib: CalibrationSet, batch_size: int, cache_path: Path):
         trt.IInt8EntropyCalibrator2.__init__(self)
@@ -37,12 +36,18 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         self.cache_path = Path(cache_path)
         self.calib_sha256 = calib.sha256
         self.batches = calib.batches(batch_size)
-        nbytes = batch_size * 3 * calib.size[0] * calib.size[1] * np.dtype(np.float32).itemsize
-        self.device = _check(cudart.cudaMalloc(nbytes))
+        self.cuda = open_cuda_api()
+        self.stream = self.cuda.stream_create()
+        self.host = self.cuda.host_array((batch_size, 3, *calib.size), np.float32)
+        self.device = self.cuda.device_alloc(nbytes(self.host.shape, self.host.dtype))
 
     def __del__(self):
-        if getattr(self, "device", None):
-            cudart.cudaFree(self.device)
+        if getattr(self, "cuda", None) is not None:
+            self.cuda.free_device(self.device)
+            self.cuda.free_host(self.host)
+            self.cuda.stream_destroy(self.stream)
+            self.cuda.close()
+            self.cuda = None
 
     def get_batch_size(self) -> int:
         return self.batch_size
@@ -51,9 +56,11 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         batch = next(self.batches, None)
         if batch is None:
             return None
-        host = np.ascontiguousarray(batch, dtype=np.float32)
-        _check(cudart.cudaMemcpy(self.device, host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice))
-        return [int(self.device)]
+        with self.cuda.current():
+            self.host[...] = batch
+            self.cuda.h2d_async(self.device, self.host, self.stream)
+            self.cuda.stream_sync(self.stream)
+        return [self.device]
 
     def read_calibration_cache(self):
         return read_calibration_cache(self.cache_path, self.calib_sha256)

@@ -1,4 +1,4 @@
-"""CLI of the runtime stage: ``hdme predict``, ``hdme run`` and the ``hdme bench`` group.
+"""CLI of the runtime stage: ``hdme predict``, ``hdme run``, ``hdme doctor`` and the ``hdme bench`` group.
 
 Only typer and the core are imported here; backends, OpenCV pipelines and benchmarks are
 imported inside each command so that ``hdme --help`` stays fast and torch-free.
@@ -281,7 +281,25 @@ def depth_command(
     run_depth(source, Lens(focal_mm, f_number, pixel_um, focus_m), method, model, backend, points, out)
 
 
+def doctor_command() -> None:
+    """What this machine can run: each engine with its version and precisions, the NVIDIA driver and
+    CUDA libraries, and one line that fixes each mismatch."""
+    from rich.table import Table
+
+    from hdme.runtime.doctor import diagnose
+
+    findings = diagnose()
+    table = Table("component", "version", "runs here", "fix")
+    for finding in findings:
+        table.add_row(finding.name, finding.version, finding.runs or "-", finding.fix or "")
+    console = _console()
+    console.print(table)
+    problems = sum(1 for f in findings if f.fix)
+    console.print(f"{problems} to fix" if problems else "nothing to fix")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("doctor")(doctor_command)
     app.command("predict")(predict_command)
     app.command("run")(run_command)
     app.add_typer(bench_app, name="bench")

@@ -26,8 +26,9 @@ def quantized(tiny_export, calib_dir):
         "int8": default_output(result.path, "int8", "tensorrt"),
         "int8-cpu": default_output(result.path, "int8", "cpu"),
     }
-    convert_fp16(result.path, paths["fp16"])
-    quantize_int8(result.path, paths["int8"], calib, target="tensorrt")
+    # The bounds below were measured on these converters; with ModelOpt installed, 'auto' would take it.
+    convert_fp16(result.path, paths["fp16"], backend="ort")
+    quantize_int8(result.path, paths["int8"], calib, target="tensorrt", backend="ort")
     quantize_int8(result.path, paths["int8-cpu"], calib, target="cpu")
     return result.path, paths, calib
 
@@ -97,25 +98,85 @@ def test_cpu_int8_has_unsigned_activations_and_signed_weights(quantized):
     assert produced_by[out_conv.input[1]].op_type == "DequantizeLinear"
 
 
+def test_tensorrt_refuses_the_cpu_int8_layout_before_building(quantized, tmp_path):
+    from hdme.errors import HdmeError
+    from hdme.export.onnx import set_metadata
+    from hdme.export.tensorrt import build_engine, tensorrt_qdq_problem
+
+    _, paths, _ = quantized
+    trt_model = onnx.load(str(paths["int8"]))
+    assert tensorrt_qdq_problem(trt_model) is None
+    q = next(n for n in trt_model.graph.node if n.op_type == "QuantizeLinear")
+    zero_point = next(i for i in trt_model.graph.initializer if i.name == q.input[2])
+    zero_point.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(zero_point).shape, 3, np.int8), zero_point.name))
+    assert "zero point other than 0" in tensorrt_qdq_problem(trt_model)
+    cpu = onnx.load(str(paths["int8-cpu"]))
+    assert "ONNX Runtime's CPU kernels" in tensorrt_qdq_problem(cpu)
+    # Without hdme's metadata (a file from elsewhere) the Q/DQ layout itself tells.
+    set_metadata(cpu, {"int8_target": ""})
+    assert "quantises to UINT8" in tensorrt_qdq_problem(cpu)
+    engine = tmp_path / "cpu.engine"
+    with pytest.raises(HdmeError, match="TensorRT cannot build this INT8 graph"):
+        build_engine(paths["int8-cpu"], engine)
+    assert not engine.exists()
+
+
 def test_calibration_methods_give_different_ranges(quantized, tmp_path):
     from hdme.export.quantize import quantize_int8
 
     fp32, _, calib = quantized
 
     def scales(path):
-        model = onnx.load(str(path))
-        inits = _initializers(model)
-        return {n.input[0]: float(inits[n.input[1]]) for n in model.graph.node
-                if n.op_type == "QuantizeLinear" and inits[n.input[1]].size == 1}
+        return {k: float(v) for k, v in _scales(path).items() if v.size == 1}
 
-    quantize_int8(fp32, tmp_path / "max.onnx", calib, method="max")
-    # Percentile shares the histogram path of entropy (which is too slow for a unit test).
+    quantize_int8(fp32, tmp_path / "max.onnx", calib, method="max", backend="ort")
+    # Percentile shares the histogram path of entropy (which is too slow for a unit test); 'auto'
+    # takes ONNX Runtime for it even where ModelOpt is installed.
     quantize_int8(fp32, tmp_path / "percentile.onnx", calib, method="percentile")
     by_max, by_percentile = scales(tmp_path / "max.onnx"), scales(tmp_path / "percentile.onnx")
     assert by_max.keys() == by_percentile.keys()
     # The histogram methods clip outliers: no range wider than max's, and some strictly narrower.
     assert all(by_percentile[k] <= by_max[k] * (1 + 1e-3) for k in by_max)
     assert any(by_percentile[k] < by_max[k] * 0.99 for k in by_max)
+
+
+def _scales(path):
+    model = onnx.load(str(path))
+    inits = _initializers(model)
+    return {n.input[0]: inits[n.input[1]] for n in model.graph.node if n.op_type == "QuantizeLinear"}
+
+
+def test_older_onnxruntime_calibrates_inside_quantize_static_to_the_same_ranges(quantized, tmp_path, monkeypatch):
+    from hdme.errors import HdmeError
+    from hdme.export import quantize as q
+
+    fp32, paths, calib = quantized
+    # As on onnxruntime before 1.27, where quantize_static takes no precomputed ranges.
+    monkeypatch.setattr(q, "ort_takes_calibration_ranges", lambda: False)
+    q.quantize_int8(fp32, tmp_path / "older.onnx", calib, target="tensorrt", backend="ort")
+    older, newer = _scales(tmp_path / "older.onnx"), _scales(paths["int8"])
+    assert older.keys() == newer.keys() and len(older) > 20
+    for name in newer:
+        np.testing.assert_allclose(older[name], newer[name], rtol=1e-6, err_msg=name)
+    with pytest.raises(HdmeError, match="entropy calibration needs onnxruntime 1.27"):
+        q.quantize_int8(fp32, tmp_path / "entropy.onnx", calib, method="entropy", backend="ort")
+    assert not (tmp_path / "entropy.onnx").exists()
+
+
+def test_exclusion_patterns_select_their_own_node_only_as_modelopt_matches_them(quantized):
+    import re
+
+    from hdme.export.quantize import exclusion_patterns, head_nodes
+
+    fp32, _, _ = quantized
+    # Node names of the graph and names that prefix each other or hold regex characters.
+    extra = ["/Concat_3", "/Concat_30", "/up.0/Conv", "/up.0/Conv_1", "/up/Resize+x"]
+    names = list(dict.fromkeys([n.name for n in onnx.load(str(fp32)).graph.node] + extra))
+    # ModelOpt (quantize and AutoCast) keeps a node when re.match(pattern, node.name) holds.
+    for name, pattern in zip(names, exclusion_patterns(names)):
+        assert [n for n in names if re.match(pattern, n)] == [name], pattern
+    head = head_nodes(onnx.load(str(fp32)))
+    assert [n for n in names if any(re.match(p, n) for p in exclusion_patterns(head))] == [n for n in names if n in head]
 
 
 def test_tensorrt_head_can_be_quantised_too(quantized, tmp_path):

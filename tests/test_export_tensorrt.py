@@ -13,10 +13,32 @@ from hdme.export.calibration import (
     write_calibration_cache,
 )
 from hdme.export.sidecar import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
-from hdme.export.tensorrt import Profile, build_mode, parse_shapes, validate_profile
+from hdme.export.tensorrt import (
+    CALIB_BATCH,
+    DEFAULT_SHAPES,
+    Profile,
+    build_mode,
+    calibration_shape,
+    parse_shapes,
+    validate_profile,
+)
 
 needs_tensorrt = pytest.mark.skipif(
     importlib.util.find_spec("tensorrt") is None, reason="TensorRT is not installed (needs an NVIDIA GPU)"
+)
+
+
+def _tensorrt_major() -> int | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return None
+    import tensorrt
+
+    return int(tensorrt.__version__.split(".")[0])
+
+
+# TensorRT 11 removed the INT8 calibrators along with the INT8 builder flag.
+needs_tensorrt_10 = pytest.mark.skipif(
+    _tensorrt_major() != 10, reason="needs TensorRT 10 (its INT8 calibrators are gone in 11) and an NVIDIA GPU"
 )
 
 
@@ -45,6 +67,34 @@ def test_validate_profile():
         validate_profile(parse_shapes("1x3x128x128:1x3x256x256:1x3x256x256"), 8, [1, 3, 256, 256])
 
 
+def test_default_profile_covers_720p_and_1080p_frames_as_the_runtime_pads_them():
+    from hdme.export.onnx import input_dims, load_onnx, network_multiple
+    from hdme.runtime.backends.tensorrt import fit_profile
+    from hdme.runtime.predict import pad_to_multiple
+    from hdme.weights import find_weights
+
+    model = load_onnx(find_weights("hdme-edge")["onnx"])
+    multiple = network_multiple(model)
+    profile = parse_shapes(DEFAULT_SHAPES)
+    validate_profile(profile, multiple, input_dims(model))
+    padded = {}
+    for h, w in ((720, 1280), (1080, 1920), (480, 640), (256, 256)):
+        shape = pad_to_multiple(np.zeros((1, 3, h, w), np.float32), multiple).shape
+        fit_profile(shape, profile.min, profile.max)
+        padded[h, w] = shape
+    assert padded[720, 1280] == profile.opt  # the shape TensorRT tunes its kernels for
+    assert padded[1080, 1920] == profile.max
+
+
+def test_calibration_shape_keeps_static_axes():
+    assert calibration_shape([None, 3, None, None], (256, 256)) == (CALIB_BATCH, 3, 256, 256)
+    assert calibration_shape([1, 3, 480, 640], (256, 256)) == (1, 3, 480, 640)
+    assert calibration_shape([None, 3, 320, None], (256, 256)) == (CALIB_BATCH, 3, 320, 256)
+    for dims in ([None, 3, None, None], [1, 3, 480, 640], [None, 3, 320, None]):
+        shape = calibration_shape(dims, (256, 256))
+        validate_profile(Profile(shape, shape, shape), 32, dims)
+
+
 def test_build_mode_by_tensorrt_version():
     assert build_mode("fp16", None, 10) == ("fp16", "strong")
     assert build_mode("int8", None, 11) == ("int8", "strong")
@@ -62,7 +112,7 @@ def test_build_mode_by_tensorrt_version():
 def _sidecar_info():
     return {
         "tensorrt_version": "10.9.0", "gpu_name": "NVIDIA H100", "compute_capability": "9.0", "precision": "int8",
-        "profile": {"min": [1, 3, 256, 256], "opt": [1, 3, 480, 640], "max": [4, 3, 720, 1280]},
+        "profile": {"min": [1, 3, 256, 256], "opt": [1, 3, 736, 1280], "max": [4, 3, 1088, 1920]}, "multiple": 32,
         "onnx_sha256": "ab" * 32, "calib_sha256": None, "hdme_version": "0.1.0",
     }
 
@@ -146,10 +196,10 @@ def test_build_fp32_engine_and_sidecar(tmp_path, tiny_export):
     assert engine.stat().st_size > 0 and cache.stat().st_size > 0
     assert read_sidecar(engine) == info
     assert info["precision"] == "fp32" and info["onnx_sha256"] == file_sha256(result.path)
-    assert info["profile"]["max"] == [2, 3, 256, 256]
+    assert info["profile"]["max"] == [2, 3, 256, 256] and info["multiple"] == 8  # hdme-tiny's
 
 
-@needs_tensorrt
+@needs_tensorrt_10
 def test_entropy_calibrator_feeds_batches_and_caches(tmp_path):
     from hdme.export.trt_calibrator import EntropyCalibrator
 
@@ -162,6 +212,25 @@ def test_entropy_calibrator_feeds_batches_and_caches(tmp_path):
     assert calibrator.read_calibration_cache() is None
     calibrator.write_calibration_cache(b"table")
     assert calibrator.read_calibration_cache() == b"table"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
+def test_build_stops_before_building_where_no_cuda_library_reaches_a_gpu(tmp_path):
+    from hdme.export.tensorrt import build_engine
+    from hdme.runtime.backends.buffers import open_cuda_api
+    from hdme.weights import find_weights
+
+    try:
+        open_cuda_api().close()
+    except HdmeError:
+        pass
+    else:
+        pytest.skip("a CUDA library reaches a GPU here")
+    # The GPU is looked up first: without one the build fails at once, not after building.
+    engine = tmp_path / "m.engine"
+    with pytest.raises(HdmeError, match="no CUDA library could use GPU 0"):
+        build_engine(find_weights("hdme-edge")["onnx"], engine)
+    assert list(tmp_path.iterdir()) == []
 
 
 try:  # the TensorRT build test uses the shared hdme-tiny export; it needs torch as well

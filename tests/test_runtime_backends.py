@@ -152,7 +152,7 @@ def test_engine_without_tensorrt_or_sidecar_is_one_line(tmp_path):
         create_backend(engine)
     (tmp_path / "m.engine.json").write_text(
         '{"tensorrt_version": "10.8.0", "gpu_name": "x", "compute_capability": "8.7", "precision": "fp16",'
-        ' "profile": {}, "onnx_sha256": "", "calib_sha256": null, "hdme_version": "0.1.0"}'
+        ' "profile": {}, "multiple": 32, "onnx_sha256": "", "calib_sha256": null, "hdme_version": "0.1.0"}'
     )
     with pytest.raises(HdmeError, match=r"'tensorrt' is not installed; install it with: pip install 'hdme\[trt\]'"):
         create_backend(engine)
@@ -174,3 +174,58 @@ def test_onnxruntime_provider_chains(onnx_path, tmp_path):
             create_backend(onnx_path, provider="cuda")
     with pytest.raises(HdmeError, match="unknown graph optimisation level"):
         create_backend(onnx_path, graph_optimization="max")
+
+
+INSUFFICIENT_DRIVER = "CUDA error: CUDA driver version is insufficient for CUDA runtime version"
+
+
+def test_cuda_libraries_are_tried_in_order_past_one_that_cannot_start(monkeypatch):
+    from hdme.runtime.backends import buffers
+
+    class DriverTooOld:  # cuda-python 13 under a CUDA 12 driver: installed, but cudaSetDevice fails
+        def __init__(self, device_id):
+            raise RuntimeError(INSUFFICIENT_DRIVER)
+
+    class Starts:
+        def __init__(self, device_id):
+            self.device_id = device_id
+
+    monkeypatch.setattr(buffers, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": Starts})
+    assert isinstance(buffers.open_cuda_api(1), Starts)
+    with pytest.raises(HdmeError, match="cuda-python: CUDA error: CUDA driver version is insufficient") as err:
+        buffers.open_cuda_api(0, prefer="cuda-python")
+    assert "pycuda" not in str(err.value)
+    with pytest.raises(HdmeError, match="unknown CUDA buffer library 'cupy'"):
+        buffers.open_cuda_api(0, prefer="cupy")
+    monkeypatch.setattr(buffers, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": DriverTooOld})
+    with pytest.raises(HdmeError, match=r"cuda-python: .*insufficient.*; pycuda: .*insufficient.*hdme doctor"):
+        buffers.open_cuda_api()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="cuda-python is not installed")
+def test_installed_cuda_python_without_a_usable_gpu_falls_back_to_pycuda():
+    from hdme.runtime.backends.buffers import CudaPythonApi, PyCudaApi, open_cuda_api
+
+    try:
+        CudaPythonApi(0).close()
+    except RuntimeError as exc:
+        failure = str(exc)
+    else:
+        pytest.skip("cuda-python can use a GPU here")
+    try:
+        api = open_cuda_api(0)
+    except HdmeError as exc:  # PyCUDA is missing or cannot start either: both were tried
+        assert f"cuda-python: {failure}" in str(exc) and "pycuda: " in str(exc)
+    else:
+        assert isinstance(api, PyCudaApi)
+        api.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="cuda-python is not installed")
+def test_cuda_python_stream_handle_is_the_raw_pointer():
+    from cuda.bindings import runtime
+
+    from hdme.runtime.backends.buffers import CudaPythonApi
+
+    # stream_handle reads nothing of the instance, which needs a GPU to construct.
+    assert CudaPythonApi.stream_handle(object.__new__(CudaPythonApi), runtime.cudaStream_t(init_value=0x1234)) == 0x1234

@@ -76,8 +76,9 @@ class CudaApi(abc.ABC):
         """Make this API's device/context current in the calling thread for the block."""
         yield
 
-    def capture_graph(self, stream, launch) -> object:
-        """Record what ``launch()`` enqueues on ``stream`` into an executable CUDA graph."""
+    def capture_graph(self, stream, launch) -> object | None:
+        """Record what ``launch()`` enqueues on ``stream`` into an executable CUDA graph; None when
+        ``launch()`` returns False or the capture fails, so the caller runs without a graph."""
         raise HdmeError(f"{self.name} cannot capture CUDA graphs")
 
     def graph_launch(self, graph, stream) -> None:
@@ -148,7 +149,12 @@ class CudaPythonApi(CudaApi):
         return self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking))
 
     def stream_handle(self, stream):
-        return int(stream)
+        # int(stream) is deprecated from cuda-bindings 12.9.1/13.0 in favour of this helper.
+        try:
+            from cuda.bindings.utils import get_cuda_native_handle
+        except ImportError:
+            return int(stream)
+        return int(get_cuda_native_handle(stream))
 
     def stream_sync(self, stream):
         self._check(self.rt.cudaStreamSynchronize(stream))
@@ -162,14 +168,28 @@ class CudaPythonApi(CudaApi):
         return name.split("\x00")[0].strip(), f"{prop.major}.{prop.minor}"
 
     def capture_graph(self, stream, launch):
-        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal
+        # Thread-local mode, as trtexec captures: in global mode a CUDA call that is unsafe during
+        # a capture (an allocation, a synchronisation) from any other thread invalidates it.
+        mode = self.rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        success = self.rt.cudaError_t.cudaSuccess
         self._check(self.rt.cudaStreamBeginCapture(stream, mode))
+        launched = False
         try:
-            launch()
+            launched = bool(launch())
         finally:
-            graph = self._check(self.rt.cudaStreamEndCapture(stream))
+            # The capture must end whatever happened, or the stream stays in capture mode.
+            err, graph = self.rt.cudaStreamEndCapture(stream)
+        if err != success:
+            self.rt.cudaGetLastError()  # a failed capture leaves its error as the thread's last one
+            return None
         try:
-            return self._check(self.rt.cudaGraphInstantiate(graph, 0))
+            if not launched:
+                return None
+            err, graph_exec = self.rt.cudaGraphInstantiate(graph, 0)
+            if err != success:
+                self.rt.cudaGetLastError()
+                return None
+            return graph_exec
         finally:
             self._check(self.rt.cudaGraphDestroy(graph))
 
@@ -246,22 +266,25 @@ class PyCudaApi(CudaApi):
         self.context.detach()
 
 
+# In the order they are tried: cuda-python first, PyCUDA (what many Jetson images ship) next.
+CUDA_APIS: dict[str, type[CudaApi]] = {"cuda-python": CudaPythonApi, "pycuda": PyCudaApi}
+
+
 def open_cuda_api(device_id: int = 0, prefer: str | None = None) -> CudaApi:
-    """cuda-python if importable, else PyCUDA; ``prefer`` forces one ('cuda-python' | 'pycuda')."""
-    makers = {"cuda-python": CudaPythonApi, "pycuda": PyCudaApi}
-    order = [prefer] if prefer else list(makers)
+    """The first library of CUDA_APIS that is installed and can use the GPU; ``prefer`` forces one.
+
+    A library that is installed but cannot start (cuda-python 13 under a CUDA 12 driver, as on
+    JetPack 6) counts as missing: the next one is tried."""
+    if prefer is not None and prefer not in CUDA_APIS:
+        raise HdmeError(f"unknown CUDA buffer library '{prefer}' (choose from {', '.join(CUDA_APIS)})")
     errors = []
-    for name in order:
-        if name not in makers:
-            raise HdmeError(f"unknown CUDA buffer library '{name}' (choose from {', '.join(makers)})")
+    for name in [prefer] if prefer else list(CUDA_APIS):
         try:
-            return makers[name](device_id)
-        except (ImportError, HdmeError) as exc:
-            errors.append(f"{name}: {exc}")
-        except RuntimeError as exc:
-            raise HdmeError(f"{name} could not use GPU {device_id}: {exc}") from None
+            return CUDA_APIS[name](device_id)
+        except Exception as exc:  # noqa: BLE001 (each library fails in its own types: ImportError, RuntimeError, pycuda's Error)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            errors.append(f"{name}: {first}")
     raise HdmeError(
-        "TensorRT needs cuda-python or PyCUDA for its buffers; install one with: pip install 'hdme[trt]' ("
-        + "; ".join(errors)
-        + ")"
+        f"no CUDA library could use GPU {device_id} for TensorRT's buffers ({'; '.join(errors)}); "
+        "'hdme doctor' names the fix"
     )

@@ -9,6 +9,7 @@ inside TensorRT.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
 from hdme.export.sidecar import read_sidecar
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
 from hdme.runtime.backends.buffers import CudaApi, grown_capacity, nbytes, open_cuda_api
+
+log = logging.getLogger("hdme.runtime")
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,8 @@ class TensorRTBackend(Backend):
         gpu_name, cc = self.cuda.device_info()
         check_sidecar(self.model_path, meta, SystemInfo(trt.__version__, gpu_name, cc))
         self.precision = meta.get("precision") or "fp32"
+        # The pipeline pads frames to this multiple, as the engine's profile was built for.
+        self.multiple = int(meta["multiple"])
         with self.cuda.current():
             self._logger = trt.Logger(trt.Logger.WARNING)
             self._runtime = trt.Runtime(self._logger)
@@ -156,6 +161,8 @@ class TensorRTBackend(Backend):
         if self.use_graphs and self._runs_at_shape == 1:
             self.cuda.stream_sync(self.stream)
             self._graph = self.cuda.capture_graph(self.stream, lambda: self.context.execute_async_v3(handle))
+            if self._graph is None:  # an engine TensorRT cannot enqueue under capture: run it directly
+                log.warning("TensorRT could not be captured into a CUDA graph at %s; running without one", list(self._shape))
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x)

@@ -1,0 +1,63 @@
+"""hdme doctor: what this machine can run, and the fix for each CUDA mismatch."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+import onnxruntime as ort
+import pytest
+from typer.testing import CliRunner
+
+from hdme.cli import app
+from hdme.runtime.backends import BACKEND_NAMES
+from hdme.runtime.doctor import ENGINES, cuda_driver_version, cuda_mismatch, diagnose
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_a_driver_runs_its_cuda_major_and_older_ones_only():
+    pin = "'cuda-python>={major},<{next}'"
+    # cuda-python 13 on JetPack 6 (CUDA 12.6): the fix installs the CUDA 12 build.
+    fix = cuda_mismatch("cuda-python", 13, (12, 6), pin)
+    assert fix.endswith("pip install 'cuda-python>=12,<13'") and "CUDA 12.6" in fix
+    assert cuda_mismatch("cuda-python", 12, (13, 0), pin) is None
+    assert cuda_mismatch("cuda-python", 12, (12, 2), pin) is None
+    assert "none was found" in cuda_mismatch("cuda-python", 12, None, pin)
+    assert cuda_mismatch("TensorRT", None, (12, 6), "'hdme[trt-cu{major}]'") is None  # JetPack's own TensorRT
+    assert cuda_mismatch("TensorRT", 13, (12, 8), "'hdme[trt-cu{major}]'").endswith("pip install 'hdme[trt-cu12]'")
+
+
+def test_the_extras_the_fixes_name_pin_cuda_python_to_their_cuda_major():
+    tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11")
+    extras = tomllib.loads(PYPROJECT.read_text())["project"]["optional-dependencies"]
+    for major in (12, 13):
+        requirements = extras[f"trt-cu{major}"]
+        assert f"cuda-python>={major},<{major + 1}" in requirements
+        assert any(r.startswith(f"tensorrt-cu{major}") for r in requirements)
+    assert extras["trt"] == ["hdme[trt-cu12]"]
+
+
+def test_every_backend_has_a_probe():
+    assert list(ENGINES) == [name for name in BACKEND_NAMES if name != "auto"]
+
+
+def test_doctor_reports_what_this_machine_has():
+    findings = {f.name: f for f in diagnose()}
+    driver = cuda_driver_version()
+    assert findings["NVIDIA driver"].version == (f"CUDA {driver[0]}.{driver[1]}" if driver else "none")
+    assert findings["onnxruntime"].version == ort.__version__
+    if "CPUExecutionProvider" in ort.get_available_providers():
+        assert "cpu: fp32 fp16 int8" in findings["onnxruntime"].runs
+    if importlib.util.find_spec("tensorrt") is None:
+        assert findings["tensorrt"].version == "not installed" and not findings["tensorrt"].runs.startswith("fp32")
+    if importlib.util.find_spec("cuda") is not None and driver is None:
+        assert "none was found" in findings["cuda-python"].fix
+
+    result = CliRunner().invoke(app, ["doctor"])
+    assert result.exit_code == 0, result.output
+    for name in ("NVIDIA driver", *ENGINES):
+        assert name in result.output
+    problems = sum(1 for f in findings.values() if f.fix)
+    assert re.search(rf"{problems} to fix" if problems else "nothing to fix", result.output)
