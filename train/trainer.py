@@ -56,7 +56,7 @@ class TrainConfig:
     amp: bool | None = None  # None = on where CUDA is used
     channels_last: bool | None = None  # None = on where CUDA is used
     compile: bool = False
-    workers: int = 2  # processes rendering the synthetic stream, or loading --data
+    workers: int = 2  # processes drawing the synthetic stream (rendered on the training device), or loading --data
     seed: int = 0
     echo: int = 1  # steps per newly synthesised batch (each sample used this often); > 1 where rendering is the bottleneck
     synth_size: int | None = None  # side the stream renders at before the random crops; None = size
