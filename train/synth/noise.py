@@ -143,13 +143,12 @@ def _upsample_chroma(plane: torch.Tensor) -> torch.Tensor:
 
 
 def jpeg(batch: torch.Tensor, quality: torch.Tensor | int) -> torch.Tensor:
-    """Round-trip RGB [B,3,H,W] (0..1) through baseline JPEG at per-sample ``quality`` [B]."""
+    """Round-trip RGB [B,3,H,W] or [3,H,W] (0..1) through baseline JPEG at ``quality``, one for all
+    or one per sample [B]."""
     single = batch.dim() == 3
     x = batch[None] if single else batch
     b, _, h, w = x.shape
-    quality = torch.as_tensor(quality, device=x.device).expand(b) if not torch.is_tensor(quality) or quality.dim() == 0 \
-        else quality.to(x.device)
-    tables = quantisation_tables(quality)
+    tables = quantisation_tables(torch.as_tensor(quality, device=x.device).expand(b))
     rgb = torch.round(x.clamp(0.0, 1.0).float() * 255.0)
     # Edges replicated to whole 16-px MCUs, as libjpeg pads.
     ph, pw = -h % 16, -w % 16
