@@ -245,7 +245,7 @@ def bench_synth_command(
     sizes: Optional[List[int]] = typer.Option(None, "--size", help="Sample side, px; repeatable (default 256)."),
     workers: Optional[List[int]] = typer.Option(None, "--workers", help="Processes drawing scenes ahead (0: in this process); repeatable (default 0)."),
     batch: int = typer.Option(32, "--batch", help="Samples per rendered chunk."),
-    chunks: int = typer.Option(4, "--chunks", help="Timed chunks per measurement (after one untimed)."),
+    chunks: int = typer.Option(4, "--chunks", help="Timed chunks per measurement; with drawing processes, several times their number."),
     source: str = typer.Option("bundled", "--source", help="Photos: bundled, a folder, or coco:DIR."),
     threads: int = typer.Option(0, "--threads", help="torch threads of this process (0: torch's default)."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the rows and the host as JSON."),

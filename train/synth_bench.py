@@ -61,12 +61,16 @@ def phase_split(recipe: SynthRecipe, device: torch.device, size: int, batch: int
 
 def stream_rate(recipe: SynthRecipe, device: torch.device, size: int, batch: int, chunks: int, workers: int,
                 source) -> float:
-    """Fresh samples/s of the training stream: ``chunks`` chunks after the first (start-up)."""
+    """Fresh samples/s of the training stream over ``chunks`` chunks, after start-up and as many
+    chunks as the loader holds ready (two per drawing process), so that what was drawn during
+    start-up does not count as speed."""
     stream = SyntheticBatches(recipe, size, batch, seed=0, device=device, sources=source, workers=workers)
-    stream.batch_at(0)
+    warmup = 1 + 2 * workers
+    for step in range(warmup):
+        stream.batch_at(step)
     _sync(device)
     start = time.perf_counter()
-    for step in range(1, chunks + 1):
+    for step in range(warmup, warmup + chunks):
         stream.batch_at(step)
     _sync(device)
     return chunks * batch / (time.perf_counter() - start)
