@@ -15,7 +15,7 @@ from hdme.errors import HdmeError
 
 bench_app = typer.Typer(
     name="bench",
-    help="Benchmarks: latency of the inference backends, accuracy on real data, reports.",
+    help="Benchmarks: latency of the inference backends, accuracy on real data, synthesis throughput, reports.",
     no_args_is_help=True,
 )
 
@@ -234,6 +234,54 @@ def bench_accuracy_command(
 
     bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
                    json_path, markdown_path, max_side, ttas or [])
+
+
+SYNTH_COLUMNS = [
+    ("device", "device"), ("size", "size"), ("workers", "workers"), ("batch", "chunk"),
+    ("draw_ms", "draw ms/sample (1 core)"), ("render_ms", "render ms/sample"), ("degrade_ms", "degrade ms/sample"),
+    ("draw_per_core_per_s", "drawn/s per core"), ("device_per_s", "rendered/s on device"), ("fresh_per_s", "fresh samples/s"),
+]
+
+
+@bench_app.command("synth")
+def bench_synth_command(
+    recipe: str = typer.Option("hdme", "--recipe", help="Synthesis recipe: a name or a JSON file."),
+    devices: Optional[List[str]] = typer.Option(None, "--device", help="Device that renders: cpu, cuda, cuda:1 …; repeatable (default cpu)."),
+    sizes: Optional[List[int]] = typer.Option(None, "--size", help="Sample side, px; repeatable (default 256)."),
+    workers: Optional[List[int]] = typer.Option(None, "--workers", help="Processes drawing scenes ahead (0: in this process); repeatable (default 0)."),
+    batch: int = typer.Option(32, "--batch", help="Samples per rendered chunk."),
+    chunks: int = typer.Option(4, "--chunks", help="Timed chunks per measurement; with drawing processes, several times their number."),
+    source: str = typer.Option("bundled", "--source", help="Photos: bundled, a folder, or coco:DIR."),
+    threads: int = typer.Option(0, "--threads", help="torch threads of this process (0: torch's default)."),
+    json_path: Optional[Path] = typer.Option(None, "--json", help="Write the rows and the host as JSON."),
+) -> None:
+    """Fresh samples/s of the synthetic training stream, split into drawing, rendering and degradation."""
+    import torch
+
+    from hdme.io import write_json
+    from hdme.runtime.bench import ResultsTable
+    from hdme.train.make import open_source
+    from hdme.train.synth import get_recipe
+    from hdme.train.synth_bench import bench_synth, check_devices
+
+    sizes, workers = sizes or [256], workers or [0]
+    if batch < 1 or chunks < 1 or threads < 0 or any(s < 16 for s in sizes) or any(w < 0 for w in workers):
+        raise HdmeError("--batch and --chunks must be at least 1, --size at least 16, --workers and --threads at least 0")
+    if threads:
+        torch.set_num_threads(threads)
+    names = check_devices(devices or ["cpu"])
+    rows, meta = bench_synth(get_recipe(recipe), names, sizes, workers, batch, chunks, open_source(source),
+                             on_progress=lambda m: typer.secho(m, dim=True, err=True))
+    table = ResultsTable("hdme synthesis throughput", SYNTH_COLUMNS, rows=rows, meta=meta, notes=[
+        "draw: CPU time of one core per sample; render (shuffle + Eq. 4) and degrade (noise, Bayer, JPEG): "
+        "CPU time on the CPU, synchronised wall time on an accelerator; fresh samples/s: the training stream, wall clock.",
+    ])
+    _console().print(table.to_rich())
+    for note in table.notes:
+        typer.secho(note, dim=True)
+    if json_path:
+        write_json(json_path, table.to_dict())
+        typer.echo(f"json: {json_path}")
 
 
 @bench_app.command("report")

@@ -1,4 +1,5 @@
-"""An independent, brute-force Eq. 4 (numpy, per-pixel scatter) to check the synthesis against."""
+"""Independent references to check the synthesis against: a brute-force Eq. 4 (numpy, per-pixel
+scatter) and OpenCV's JPEG codec."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ def gaussian_psf(sigma: float) -> np.ndarray:
     return k @ k.T
 
 
-def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray:
-    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own Gaussian of σ px.
+def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int, psf=gaussian_psf) -> np.ndarray:
+    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own PSF ``psf(σ)`` (a 2-D
+    kernel of odd side; OpenCV's Gaussian by default).
 
     Source and map are reflect-padded by ``pad`` (border handling only; compare away from borders).
     """
@@ -29,7 +31,7 @@ def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray
             s = float(sig[y, x])
             k = cache.get(s)
             if k is None:
-                k = cache[s] = gaussian_psf(s)
+                k = cache[s] = psf(s)
             r = k.shape[0] // 2
             y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
             out[y0:y1, x0:x1] += src[y, x] * k[y0 - y + r : y1 - y + r, x0 - x + r : x1 - x + r, None]
@@ -48,3 +50,10 @@ def gather_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray:
             patch = src[y + pad - r : y + pad + r + 1, x + pad - r : x + pad + r + 1]
             out[y, x] = (patch * k[..., None]).sum(axis=(0, 1))
     return out
+
+
+def opencv_jpeg(rgb: np.ndarray, quality: int) -> np.ndarray:
+    """Round-trip an RGB uint8 image through OpenCV's JPEG codec."""
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    assert ok
+    return cv2.cvtColor(cv2.imdecode(buf, cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hdme.train.synth import render_defocus
-from hdme.train.synth.render import PSF_SHAPES, psf_kernel, second_moment_sigma, sigma_levels
+from hdme.train.synth.render import PSF_SHAPES, layering_error, psf_kernel, second_moment_sigma, sigma_levels
 from synth_reference import scatter_render
 
 
@@ -26,6 +26,19 @@ def test_render_matches_a_brute_force_scatter(rng):
     out = render_defocus(_to_torch(sharp), torch.from_numpy(sigma.astype(np.float32))[None, None])
     ref = scatter_render(sharp, sigma, pad=n - 1)
     assert np.abs(_to_numpy(out) - ref).max() <= 1.0 / 255.0
+
+
+@pytest.mark.parametrize("shape", PSF_SHAPES)
+def test_every_psf_shape_renders_within_its_documented_error(rng, shape):
+    n, max_error = 32, 2.0 / 255.0  # the hdme recipe's grid
+    sharp = rng.random((n, n, 3))
+    yy, xx = np.mgrid[0:n, 0:n]
+    sigma = 3.0 * (1.0 + np.sin(xx / 5.0) * np.cos(yy / 4.0))
+    sigma[:4] = rng.uniform(0.0, 0.8, (4, n))
+    out = render_defocus(_to_torch(sharp), torch.from_numpy(sigma.astype(np.float32))[None, None], psf=shape,
+                         max_error=max_error)
+    ref = scatter_render(sharp, sigma, pad=n - 1, psf=lambda s: psf_kernel(shape, s))
+    assert np.abs(_to_numpy(out) - ref).max() <= layering_error(shape, max_error)
 
 
 @pytest.mark.parametrize("sigma", [0.3, 0.8, 1.7, 3.3, 6.0])

@@ -32,6 +32,13 @@ def test_loss_falls_and_run_folder_is_complete(tmp_path):
     losses = _losses(run)
     assert len(losses) == 24
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+    with open(run / "metrics.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["loss"]]
+    # one step per log window: a window renders a chunk (2 fresh samples) at most every 4 steps on average
+    fresh = [float(r["fresh_per_s"]) > 0 for r in rows]
+    assert 1 <= sum(fresh) <= 24 // 4 + 1 and fresh[0]
+    waits = [float(r["data_wait_s"]) for r in rows]
+    assert min(waits) >= 0 and sum(waits) < float(rows[-1]["wall_s"]) + 0.1
     for name in ("config.json", "last.ckpt", "final.safetensors", "final.json", "best.safetensors", "best.json"):
         assert (run / name).is_file(), name
     assert any(p.name.startswith("events.out.tfevents") for p in (run / "tb").iterdir())

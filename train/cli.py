@@ -64,7 +64,7 @@ def train_command(
     seed: Optional[int] = typer.Option(None, "--seed"),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16, else fp16) on CUDA; default on there."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes rendering the synthetic stream (on the CPU, ahead of the steps) or loading --data; 0 renders on the training device."),
+    workers: Optional[int] = typer.Option(None, "--workers", help="Processes drawing the synthetic stream's scenes ahead of the steps (rendering runs on the training device) or loading --data; 0 draws in the training process."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (checkpoint + export) after this wall time."),
     fit_minutes: Optional[float] = typer.Option(None, "--fit-minutes", help="End the run, learning-rate schedule included, after this wall time: the step total follows the measured speed, up to --steps."),
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate and export a moving average of the weights (e.g. 0.999); 0 = off."),

@@ -46,9 +46,10 @@ class SyntheticBatches:
     of one batch make the model chase that batch). σ labels are unchanged by these transforms
     (the PSF is isotropic).
 
-    ``workers`` > 0 renders the chunks ahead, in that many CPU processes, while the model trains;
-    0 renders each when it is first needed, on ``device``. The chunks are the same either way on a
-    CPU device (a CUDA generator draws other numbers).
+    Chunks are rendered, shuffle, Eq. 4 and noise batched, on ``device``. ``workers`` > 0 draws
+    their CPU part (scenes, source crops, σ maps, random parameters) ahead, in that many CPU
+    processes, while the model trains; 0 draws each when it is first needed. The chunks are the
+    same either way on one device (a CUDA generator draws other numbers than a CPU one).
     """
 
     def __init__(self, recipe: Any, size: int, batch: int, seed: int, rank: int = 0,
@@ -66,15 +67,19 @@ class SyntheticBatches:
         self._chunks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ahead: Iterator | None = None
         self._ahead_next = 0  # the chunk index self._ahead yields next
+        self.fresh_samples = 0  # samples rendered so far (each step reuses them ``echo`` times on average)
 
     def _chunk(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         if k not in self._chunks:
             if self.workers == 0:
-                self._chunks[k] = render_chunk(self.recipe, self.synth_size, self.batch, self.seed, self.rank, k,
-                                               self.source, self.device)
+                self._render(k, draw_chunk(self.recipe, self.synth_size, self.batch, self.seed, self.rank, k, self.source))
             else:
                 self._fetch_ahead(k)
         return self._chunks[k]
+
+    def _render(self, k: int, draw: Any) -> None:
+        self._chunks[k] = render_chunk(self.recipe, draw, self.seed, self.rank, k, self.device)
+        self.fresh_samples += self.batch
 
     def _fetch_ahead(self, k: int) -> None:
         # New chunks are asked for in increasing order and those passed on the way are kept, so
@@ -82,14 +87,14 @@ class SyntheticBatches:
         if self._ahead is None or k < self._ahead_next:
             # Spawned, not forked: OpenCV's thread pool does not survive a fork (setting its size
             # in a forked child hangs), and neither does a CUDA context.
-            loader = DataLoader(_ChunkStream(self, k), batch_size=None, num_workers=self.workers,
+            loader = DataLoader(_DrawStream(self, k), batch_size=None, num_workers=self.workers,
                                 worker_init_fn=_single_threaded, multiprocessing_context="spawn",
                                 pin_memory=self.device.type == "cuda")
             self._ahead, self._ahead_next = iter(loader), k
         while self._ahead_next <= k:
-            index, image, sigma = next(self._ahead)
+            index, draw = next(self._ahead)
             self._ahead_next = index + 1
-            self._chunks[index] = image.to(self.device, non_blocking=True), sigma.to(self.device, non_blocking=True)
+            self._render(index, draw)
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         newest = step // self.echo
@@ -114,26 +119,36 @@ class SyntheticBatches:
         return torch.stack(images).contiguous(), torch.stack(sigmas).contiguous()
 
 
-def render_chunk(recipe: Any, size: int, batch: int, seed: int, rank: int, k: int, source: Any,
+def draw_chunk(recipe: Any, size: int, batch: int, seed: int, rank: int, k: int, source: Any) -> Any:
+    """The CPU part (``draw_batch``) of chunk k of a run's synthetic stream: a function of (seed, rank, k)."""
+    from hdme.train.synth.stream import draw_batch
+
+    return draw_batch(recipe, size, batch, np.random.default_rng(_mix(seed, rank, k)), source)
+
+
+def render_chunk(recipe: Any, draw: Any, seed: int, rank: int, k: int,
                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunk k of a run's synthetic stream: a function of (seed, rank, k) and the device alone."""
-    from hdme.train.synth import SyntheticStream
+    """Chunk k rendered from its draw on ``device``: a function of (seed, rank, k) and the device alone."""
+    from hdme.train.synth.stream import render_draw
 
-    return SyntheticStream(recipe, size, batch, _mix(seed, rank, k), device=device, sources=source).next_batch()
+    generator = torch.Generator(device=device)
+    generator.manual_seed(_mix(seed, rank, k))
+    batch = render_draw(recipe, draw, generator, device)
+    return batch.image, batch.sigma
 
 
-class _ChunkStream(IterableDataset):
-    """Chunks first, first + 1, … rendered on the CPU; worker w of W takes every W-th, and the
+class _DrawStream(IterableDataset):
+    """The draws of chunks first, first + 1, … on the CPU; worker w of W takes every W-th, and the
     loader takes one from each worker in turn, so they arrive in order."""
 
     def __init__(self, batches: SyntheticBatches, first: int):
         self.args = (batches.recipe, batches.synth_size, batches.batch, batches.seed, batches.rank)
         self.source, self.first = batches.source, first
 
-    def __iter__(self) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    def __iter__(self) -> Iterator[tuple[int, Any]]:
         info = get_worker_info()  # always set: the stream is only read through worker processes
         for k in itertools.count(self.first + info.id, info.num_workers):
-            yield (k, *render_chunk(*self.args, k, self.source, torch.device("cpu")))
+            yield k, draw_chunk(*self.args, k, self.source)
 
 
 def _single_threaded(_: int) -> None:
@@ -247,6 +262,7 @@ class PairBatches:
             raise HdmeError(f"{root}: {len(self.dataset)} pairs are fewer than one batch of {batch} per process")
         self._iter: Iterator | None = None
         self._step: int | None = None
+        self.fresh_samples = 0  # samples read so far
 
     def _open(self, step: int) -> None:
         epoch, skip = divmod(step, self.steps_per_epoch)
@@ -263,5 +279,6 @@ class PairBatches:
             self._open(step)
         image, sigma = next(self._iter)
         self._step = step + 1
+        self.fresh_samples += len(image)
         return image, sigma
 

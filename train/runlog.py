@@ -10,7 +10,9 @@ from typing import Any
 
 from hdme.metrics import MAP_METRICS
 
-CSV_COLUMNS = ("step", "wall_s", "loss", "lr", "img_per_s") + tuple(f"val_{k}" for k in MAP_METRICS)
+# img_per_s: samples trained on (echoed ones included); fresh_per_s: newly made ones; data_wait_s:
+# seconds of the log window the steps spent getting their batches.
+CSV_COLUMNS = ("step", "wall_s", "loss", "lr", "img_per_s", "fresh_per_s", "data_wait_s") + tuple(f"val_{k}" for k in MAP_METRICS)
 
 
 class RunLog:
@@ -39,14 +41,19 @@ class RunLog:
         self._task = self._progress.add_task("train", total=total, completed=step, status="")
         self._progress.start()
 
-    def train(self, step: int, wall_s: float, loss: float, lr: float, img_per_s: float) -> None:
+    def train(self, step: int, wall_s: float, loss: float, lr: float, img_per_s: float, fresh_per_s: float,
+              data_wait_s: float) -> None:
         self._tb.add_scalar("train/loss", loss, step)
         self._tb.add_scalar("train/lr", lr, step)
         self._tb.add_scalar("train/img_per_s", img_per_s, step)
-        self._row({"step": step, "wall_s": round(wall_s, 1), "loss": loss, "lr": lr, "img_per_s": round(img_per_s, 2)})
-        self._progress.update(self._task, status=f"loss {loss:.5f}  {img_per_s:.1f} img/s")
+        self._tb.add_scalar("train/fresh_per_s", fresh_per_s, step)
+        self._tb.add_scalar("train/data_wait_s", data_wait_s, step)
+        self._row({"step": step, "wall_s": round(wall_s, 1), "loss": loss, "lr": lr, "img_per_s": round(img_per_s, 2),
+                   "fresh_per_s": round(fresh_per_s, 2), "data_wait_s": round(data_wait_s, 3)})
+        rates = f"{img_per_s:.1f} img/s ({fresh_per_s:.1f} fresh), data wait {data_wait_s:.2f} s"
+        self._progress.update(self._task, status=f"loss {loss:.5f}  {rates}")
         if self._progress.disable:
-            self.say(f"step {step}/{self.total} loss {loss:.5f} lr {lr:.2e} {img_per_s:.1f} img/s")
+            self.say(f"step {step}/{self.total} loss {loss:.5f} lr {lr:.2e} {rates}")
 
     def validation(self, step: int, wall_s: float, metrics: dict[str, float]) -> None:
         for k, v in metrics.items():

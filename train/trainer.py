@@ -56,7 +56,7 @@ class TrainConfig:
     amp: bool | None = None  # None = on where CUDA is used
     channels_last: bool | None = None  # None = on where CUDA is used
     compile: bool = False
-    workers: int = 2  # processes rendering the synthetic stream, or loading --data
+    workers: int = 2  # processes drawing the synthetic stream (rendered on the training device), or loading --data
     seed: int = 0
     echo: int = 1  # steps per newly synthesised batch (each sample used this often); > 1 where rendering is the bottleneck
     synth_size: int | None = None  # side the stream renders at before the random crops; None = size
@@ -196,6 +196,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.criterion = loss_fn(config.loss, config.huber_delta)
         self.step, self.best_mae, self.wall_before = 0, math.inf, 0.0
+        self.data_wait = 0.0  # seconds the steps of this log window spent getting their batch
         self.started = time.monotonic()
         self.last_val: dict[str, float] = {}
         if config.resume:
@@ -295,7 +296,9 @@ class Trainer:
             self.log.set_total(self.total)
 
     def train_step(self) -> torch.Tensor:
+        fetch = time.monotonic()
         image, sigma = self.batches.batch_at(self.step)
+        self.data_wait += time.monotonic() - fetch
         image = image.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
         target = sigma.to(self.device, non_blocking=True) / SIGMA_SCALE
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
@@ -318,18 +321,20 @@ class Trainer:
         config, d = self.config, self.d
         deadline = None if config.max_minutes is None else self.started + 60.0 * config.max_minutes
         self.net.train()
-        losses, window_start = [], time.monotonic()
+        losses, window_start, fresh_start = [], time.monotonic(), self.batches.fresh_samples
         fit_since: tuple[int, float] | None = None  # speed is measured from the end of the first window on
         end_cost = 0.0  # seconds of the last validation and checkpoint, kept free at the end of a fitted run
         try:
             while self.step < self.total:
                 losses.append(self.train_step())
                 if self.step % config.log_every == 0 or self.step == self.total:
-                    rate = len(losses) * config.batch * d.world / max(time.monotonic() - window_start, 1e-9)
+                    seconds = max(time.monotonic() - window_start, 1e-9)
+                    rate = len(losses) * config.batch * d.world / seconds
+                    fresh = (self.batches.fresh_samples - fresh_start) * d.world / seconds
                     if d.main:
                         self.log.train(self.step, self.wall(), float(torch.stack(losses).mean()),
-                                       self.scheduler.get_last_lr()[0], rate)
-                    losses, window_start = [], time.monotonic()
+                                       self.scheduler.get_last_lr()[0], rate, fresh, self.data_wait)
+                    losses, window_start, fresh_start, self.data_wait = [], time.monotonic(), self.batches.fresh_samples, 0.0
                     if config.fit_minutes is not None:
                         if fit_since is None:
                             fit_since = (self.step, self.wall())
@@ -349,6 +354,7 @@ class Trainer:
                     if self.step % config.ckpt_every == 0:
                         self.checkpoint()
                     window_start = time.monotonic()  # keep validation and checkpoints out of img/s
+                    fresh_start, self.data_wait = self.batches.fresh_samples, 0.0
                     end_cost = max(end_cost, window_start - started)
             self.validate()
             self.checkpoint()

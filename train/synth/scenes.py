@@ -9,6 +9,7 @@ sharp (σ = 0 before rendering). CPU only (OpenCV/numpy).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -29,9 +30,12 @@ def _colour(rng: np.random.Generator) -> np.ndarray:
     return c.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=8)
 def _coords(size: int) -> tuple[np.ndarray, np.ndarray]:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    return ys / size, xs / size
+    ys, xs = ys / size, xs / size
+    ys.flags.writeable = xs.flags.writeable = False  # shared by every caller
+    return ys, xs
 
 
 def _band_noise(size: int, rng: np.random.Generator, cells: int) -> np.ndarray:
@@ -71,11 +75,15 @@ def _two_colour(t: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return a * (1.0 - t) + b * t
 
 
-def _fill(kind: str, size: int, rng: np.random.Generator, source) -> np.ndarray:
-    """A size×size×3 float32 texture in [0, 1]."""
-    ys, xs = _coords(size)
+_WHOLE = (slice(None), slice(None))
+
+
+def _fill(kind: str, size: int, rng: np.random.Generator, source, window: tuple[slice, slice] = _WHOLE) -> np.ndarray:
+    """A size×size×3 float32 texture in [0, 1], or only its ``window`` (rows, columns): the same
+    random draws either way, so the window holds the numbers the whole texture would."""
+    ys, xs = (c[window] for c in _coords(size))
     if kind == "flat":
-        return np.broadcast_to(_colour(rng), (size, size, 3)).copy()
+        return np.broadcast_to(_colour(rng), (*ys.shape, 3)).copy()
     if kind == "linear":
         angle = rng.uniform(0, 2 * math.pi)
         t = (xs - 0.5) * math.cos(angle) + (ys - 0.5) * math.sin(angle)
@@ -91,13 +99,13 @@ def _fill(kind: str, size: int, rng: np.random.Generator, source) -> np.ndarray:
         cell = rng.uniform(3.0, size / 6) / size
         return _two_colour(((np.floor(ys / cell) + np.floor(xs / cell)) % 2).astype(np.float32), rng)
     if kind == "noise":
-        return _two_colour(_octave_noise(size, rng), rng)
+        return _two_colour(_octave_noise(size, rng)[window], rng)
     if kind == "pink":
-        return _two_colour(_pink_noise(size, rng), rng)
+        return _two_colour(_pink_noise(size, rng)[window], rng)
     if kind == "photo":
-        return _sharp_photo(size, rng, source)
+        return _sharp_photo(size, rng, source)[window]
     flat = source.sample(rng, size).astype(np.float32).reshape(-1, 3) / 255.0
-    return flat[rng.permutation(flat.shape[0])].reshape(size, size, 3)  # "shuffled"
+    return flat[rng.permutation(flat.shape[0])].reshape(size, size, 3)[window]  # "shuffled"
 
 
 def _sharp_photo(size: int, rng: np.random.Generator, source, tries: int = 4) -> np.ndarray:
@@ -119,9 +127,10 @@ _SHAPES = ("polygon", "ellipse", "blob", "stroke", "text", "rectangle")
 _SHAPE_WEIGHTS = (0.22, 0.2, 0.22, 0.14, 0.08, 0.14)
 
 
-def _shape_mask(kind: str, size: int, rng: np.random.Generator, scale: float = 1.0) -> np.ndarray:
-    """Coverage in [0, 1] of one shape, drawn at SUPERSAMPLE× and area-downsampled; ``scale``
-    shrinks its size and stroke widths."""
+def _shape_mask(kind: str, size: int, rng: np.random.Generator,
+                scale: float = 1.0) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Coverage in [0, 1] of one shape, drawn at SUPERSAMPLE× and area-downsampled, and the window
+    (rows, columns) outside which it is zero; ``scale`` shrinks its size and stroke widths."""
     big = size * SUPERSAMPLE
     canvas = np.zeros((big, big), np.uint8)
     unit = big * (1 << _SHIFT)
@@ -164,7 +173,17 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator, scale: float = 1
         org = (int(rng.uniform(-0.1, 0.8) * big), int(rng.uniform(0.1, 1.0) * big))
         cv2.putText(canvas, text, org, int(rng.choice([0, 1, 2, 3, 4, 6, 7])), font_scale, 255,
                     max(1, int(font_scale * rng.uniform(1.0, 3.0))), cv2.LINE_8)
-    return cv2.resize(canvas, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    # Only the shape's bounding box is downsampled: area averaging over whole SUPERSAMPLE blocks
+    # gives the same numbers there, and zero elsewhere.
+    x, y, w, h = cv2.boundingRect(canvas)
+    x0, y0 = x // SUPERSAMPLE, y // SUPERSAMPLE
+    x1, y1 = -(-(x + w) // SUPERSAMPLE), -(-(y + h) // SUPERSAMPLE)
+    window = (slice(y0, y1), slice(x0, x1))
+    alpha = np.zeros((size, size), np.float32)
+    if x1 > x0 and y1 > y0:
+        block = canvas[y0 * SUPERSAMPLE : y1 * SUPERSAMPLE, x0 * SUPERSAMPLE : x1 * SUPERSAMPLE]
+        alpha[window] = cv2.resize(block, (x1 - x0, y1 - y0), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+    return alpha, window
 
 
 def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribution,
@@ -185,13 +204,16 @@ def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribut
     object_depths = np.sort(rng.uniform(0.2, 1.0, n))
     for depth in object_depths:
         scale = rng.uniform(0.15, 0.5) if fine else 1.0
-        alpha = _shape_mask(str(rng.choice(_SHAPES, p=_SHAPE_WEIGHTS)), size, rng, scale)
-        if not alpha.any():
+        alpha, window = _shape_mask(str(rng.choice(_SHAPES, p=_SHAPE_WEIGHTS)), size, rng, scale)
+        if not alpha[window].any():
             continue
-        fill = _fill(str(rng.choice(_OBJECT_FILLS, p=_OBJECT_WEIGHTS)), size, rng, source)
-        image = image * (1.0 - alpha[..., None]) + fill * alpha[..., None]
+        # Filled and composited inside the shape's window only: outside it the coverage is zero.
+        fill = _fill(str(rng.choice(_OBJECT_FILLS, p=_OBJECT_WEIGHTS)), size, rng, source, window)
+        a, image_w, inv_w = alpha[window][..., None], image[window], inv_depth[window]
+        image[window] = image_w * (1.0 - a) + fill * a
         tilt = rng.uniform(-0.1, 0.1, 2) if rng.random() < 0.3 else (0.0, 0.0)
-        inv_depth = np.where(alpha > 0.5, depth + tilt[0] * (xs - 0.5) + tilt[1] * (ys - 0.5), inv_depth)
+        plane = depth + tilt[0] * (xs[window] - 0.5) + tilt[1] * (ys[window] - 0.5)
+        inv_depth[window] = np.where(a[..., 0] > 0.5, plane, inv_w)
     focus = float(rng.choice(object_depths)) if rng.random() < 0.6 else rng.uniform(inv_depth.min(), inv_depth.max())
     sigma_max = max(float(dist.sample(rng)[0]), 0.5)
     sigma = scale_to_sigma_max(torch.from_numpy(inv_depth), focus, sigma_max).clamp(0.0, dist.max).numpy().astype(np.float32)

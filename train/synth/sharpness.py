@@ -7,6 +7,7 @@ Table 1 and with ``cv2.Laplacian(gray, cv2.CV_64F).var()``.
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,9 @@ def laplacian_variance(img: torch.Tensor | np.ndarray) -> torch.Tensor | float:
 
     Accepts torch [3,H,W] / [B,3,H,W] (float 0..1 or uint8) or numpy H×W×3 uint8.
     """
+    if isinstance(img, np.ndarray) and img.ndim == 3 and img.dtype == np.uint8:
+        # OpenCV itself for one numpy image: the same numbers at a fraction of the cost
+        return float(cv2.Laplacian(cv2.cvtColor(img, cv2.COLOR_RGB2GRAY), cv2.CV_64F).var())
     batch = _as_uint8_batch(img)
     r, g, b = batch[:, 0], batch[:, 1], batch[:, 2]
     wr, wg, wb = _GREY_WEIGHTS

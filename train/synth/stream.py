@@ -1,8 +1,11 @@
-"""The training stream: CPU-side source crops and scene drawing, then shuffle, render and noise
-batched on the target device."""
+"""The training stream in two parts: ``draw_batch`` makes the CPU-side choices (source crops,
+scenes, σ maps, every random parameter) into compact arrays, and ``render_draw`` shuffles, renders
+(Eq. 4) and degrades them, batched in torch on the target device. The drawing can run in other
+processes while the device renders and trains."""
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 
 from hdme.train.synth.maps import make_map
-from hdme.train.synth.noise import apply_noise
+from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
 from hdme.train.synth.render import render_defocus
 from hdme.train.synth.scenes import draw_scene
@@ -29,8 +32,22 @@ class SynthBatch:
     camera_sigma: torch.Tensor | None  # [B] px
 
 
-def _to_tensor(rgb: np.ndarray, device: torch.device) -> torch.Tensor:
-    return torch.from_numpy(rgb).to(device).permute(2, 0, 1).float() / 255.0
+@dataclass
+class SynthDraw:
+    """Every CPU-side choice of a batch, in compact arrays: what a drawing process hands to the
+    device that renders (``render_draw``)."""
+
+    source: torch.Tensor  # uint8 [B,S,S,3]: source crops, or the scenes themselves
+    sigma: torch.Tensor  # float32 [B,S,S] px, before the camera floor
+    kinds: list[str]
+    psf: list[str]
+    camera_sigma: torch.Tensor | None  # float32 [B] px
+    noise: NoiseDraw
+
+    def pin_memory(self) -> "SynthDraw":
+        """Page-locked copies (a DataLoader calls this), so the copy to the device runs asynchronously."""
+        camera = None if self.camera_sigma is None else self.camera_sigma.pin_memory()
+        return dataclasses.replace(self, source=self.source.pin_memory(), sigma=self.sigma.pin_memory(), camera_sigma=camera)
 
 
 def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
@@ -60,10 +77,9 @@ def _sharp_enough_crop(source, rng: np.random.Generator, size: int, min_sharpnes
     return best
 
 
-def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
-               source, device: torch.device | str = "cpu") -> SynthBatch:
-    """Draw ``count`` samples. ``rng`` fixes every CPU-side choice, ``generator`` the device-side ones."""
-    device = torch.device(device)
+def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, source) -> SynthDraw:
+    """The CPU part of ``count`` samples, fixed by ``rng``: scenes, source crops and their σ maps,
+    PSF shapes, camera blur and noise choices."""
     dist = recipe.sigma_distribution()
     sources, sigmas, kinds = [], [], []
     for _ in range(count):
@@ -71,37 +87,62 @@ def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
             # drawn only where the recipe asks for fine scenes, so older recipes keep their streams
             fine = recipe.fine_scene_fraction > 0 and rng.random() < recipe.fine_scene_fraction
             rgb, sigma = draw_scene(size, rng, source, dist, fine)
-            sources.append(_to_tensor(rgb, device))
-            sigmas.append(torch.from_numpy(sigma).to(device))
+            sigma = torch.from_numpy(sigma)
             kinds.append("scene")
         else:
-            crop = _to_tensor(_sharp_enough_crop(source, rng, size, recipe.min_sharpness), device)
+            rgb = _sharp_enough_crop(source, rng, size, recipe.min_sharpness)
             kind = _choose(rng, recipe.maps)
-            sources.append(crop)
-            sigmas.append(make_map(kind, size, rng, dist, source=crop, device=device))
+            crop = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
+            sigma = make_map(kind, size, rng, dist, source=crop)
             kinds.append(kind)
-    source_batch = torch.stack(sources)
-    sigma = torch.stack(sigmas)[:, None]
+        sources.append(torch.from_numpy(rgb))
+        sigmas.append(sigma)
+    psf = [_choose(rng, recipe.psf) for _ in range(count)]
+    camera_sigma = None
+    if recipe.camera_sigma is not None:
+        camera_sigma = torch.from_numpy(rng.uniform(*recipe.camera_sigma, count).astype(np.float32))
+    noise = draw_noise(count, recipe.noise, rng, recipe.noise_probability, recipe.jpeg_probability,
+                       recipe.bayer_probability)
+    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise)
+
+
+def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
+                 device: torch.device | str = "cpu") -> SynthBatch:
+    """Shuffle and the Eq. 4 render of a draw, batched on ``device``, before any noise."""
+    device = torch.device(device)
+    kinds = draw.kinds
+    source_batch = draw.source.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    sigma = draw.sigma.to(device, non_blocking=True)[:, None]
     sharp = source_batch
     shuffled = [i for i, k in enumerate(kinds) if k != "scene"]
     if recipe.shuffle != "none" and shuffled:
         sharp = source_batch.clone()
         sharp[shuffled] = shuffle_pixels(source_batch[shuffled], recipe.shuffle, generator)
-
-    psf = [_choose(rng, recipe.psf) for _ in range(count)]
     camera_sigma = None
-    if recipe.camera_sigma is not None:
-        lo, hi = recipe.camera_sigma
-        camera_sigma = torch.tensor(rng.uniform(lo, hi, count), dtype=torch.float32, device=device)
+    if draw.camera_sigma is not None:
+        camera_sigma = draw.camera_sigma.to(device, non_blocking=True)
         cam = camera_sigma[:, None, None, None]
         # keep the label inside the trained range: √(σ² + σ_cam²) ≤ σ_max
-        sigma = torch.minimum(sigma, (dist.max**2 - cam**2).sqrt())
-    image = render_defocus(sharp, sigma, psf=psf, camera_sigma=camera_sigma, max_error=recipe.render_error_8bit / 255.0)
+        sigma = torch.minimum(sigma, (recipe.sigma_distribution().max ** 2 - cam**2).sqrt())
+    image = render_defocus(sharp, sigma, psf=draw.psf, camera_sigma=camera_sigma,
+                           max_error=recipe.render_error_8bit / 255.0)
     if camera_sigma is not None:
         sigma = (sigma.square() + camera_sigma[:, None, None, None].square()).sqrt()
-    image = apply_noise(image, recipe.noise, rng, generator, recipe.noise_probability, recipe.jpeg_probability,
-                        recipe.bayer_probability)
-    return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, psf, camera_sigma)
+    return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, draw.psf, camera_sigma)
+
+
+def render_draw(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
+                device: torch.device | str = "cpu") -> SynthBatch:
+    """The device part, batched on ``device``: shuffle, the Eq. 4 render and the noise; ``generator``
+    (on ``device``) fixes their random numbers."""
+    batch = render_clean(recipe, draw, generator, device)
+    return dataclasses.replace(batch, image=noise_batch(batch.image, draw.noise, generator))
+
+
+def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
+               source, device: torch.device | str = "cpu") -> SynthBatch:
+    """Draw ``count`` samples. ``rng`` fixes every CPU-side choice, ``generator`` the device-side ones."""
+    return render_draw(recipe, draw_batch(recipe, size, count, rng, source), generator, device)
 
 
 class SyntheticStream:
