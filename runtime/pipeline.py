@@ -86,6 +86,7 @@ class StreamPipeline:
         self._ring: list[np.ndarray] = []
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self.stats = RunStats()  # filled as frames pass, so it can be read while the run goes on
 
     def _buffer(self, index: int, h: int, w: int) -> np.ndarray:
         if not self._ring or self._ring[0].shape[2:] != (h, w):
@@ -159,7 +160,7 @@ class StreamPipeline:
         return rescale_sigma(sigma, (h, w), item.frame.image.shape[:2])
 
     def run(self) -> RunStats:
-        stats = RunStats()
+        stats = self.stats
         threads = [threading.Thread(target=self._reader, name="hdme-read", daemon=True),
                    threading.Thread(target=self._inferer, name="hdme-infer", daemon=True)]
         start = time.perf_counter()
