@@ -19,6 +19,7 @@ import collections
 import importlib.resources
 import json
 import socket
+import sys
 import threading
 import time
 from http import HTTPStatus
@@ -312,6 +313,11 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.view = view
         self.page = importlib.resources.files("hdme.runtime").joinpath("live_view.html").read_bytes()
+
+
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], OSError):  # a viewer that went away is no error
+            super().handle_error(request, client_address)
 
 
 class LiveServer:

@@ -4,6 +4,7 @@ only): open a page, evaluate JavaScript in it, click, take a screenshot."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -20,6 +21,10 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 def find_chromium() -> str | None:
     return next((path for name in CHROMIUM_CANDIDATES if (path := shutil.which(name))), None)
+
+
+class JavaScriptError(RuntimeError):
+    pass
 
 
 class HeadlessChromium:
@@ -81,16 +86,17 @@ class HeadlessChromium:
         """The value of a JavaScript expression in the page (promises are awaited)."""
         result = self.send("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
         if "exceptionDetails" in result:
-            raise RuntimeError(f"{expression[:60]}…: {result['exceptionDetails'].get('text')}")
+            raise JavaScriptError(f"{expression[:60]}…: {result['exceptionDetails'].get('text')}")
         return result["result"].get("value")
 
     def wait_for(self, expression: str, timeout: float = 10.0):
-        """Poll a JavaScript expression until it is truthy; its value, or None on timeout."""
+        """Poll a JavaScript expression until it is truthy; its value, or None on timeout. An
+        expression that throws (the page is still loading) counts as not yet."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            value = self.evaluate(expression)
-            if value:
-                return value
+            with contextlib.suppress(JavaScriptError):
+                if value := self.evaluate(expression):
+                    return value
             time.sleep(0.1)
         return None
 
