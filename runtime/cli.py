@@ -102,6 +102,7 @@ def run_command(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
     size: Optional[str] = typer.Option(None, "--size", help="Run the model at HxW (e.g. 480x640); σ is mapped back to frame px."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    temporal_filter: bool = typer.Option(False, "--temporal-filter", help="Steady σ over time: static regions are averaged over frames, moving ones, cuts and focus changes follow at once."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
     display: bool = typer.Option(False, "--display", help="Show frame | colour map (0–10 px) | scale bar, with FPS."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the side-by-side view to a video (.mp4, .avi…)."),
@@ -118,6 +119,7 @@ def run_command(
     from hdme.runtime.predict import check_tta
     from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
     from hdme.runtime.sources import open_source
+    from hdme.runtime.temporal import TemporalFilter
 
     if engine is not None:
         if model is not None:
@@ -149,7 +151,8 @@ def run_command(
             sinks.append(VideoSink(save_video, fps=src.fps or 25.0))
         if save_maps is not None:
             sinks.append(MapSink(save_maps, map_format))
-        pipeline = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames, tta=tta)
+        pipeline = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames, tta=tta,
+                                  temporal=TemporalFilter() if temporal_filter else None)
         if server is not None:
             server.view.attach(pipeline)
         stats = pipeline.run()
