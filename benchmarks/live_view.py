@@ -13,11 +13,9 @@ screenshot is taken by a real headless Chromium.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,11 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))  # the paced source and the browser driver of the tests
 
 from headless_chromium import HeadlessChromium, find_chromium  # noqa: E402
-from runtime_support import PacedSource  # noqa: E402
+from runtime_support import PacedSource, served_pipeline  # noqa: E402
 
 from hdme.runtime.backends import create_backend  # noqa: E402
-from hdme.runtime.live import LiveServer, LiveView  # noqa: E402
-from hdme.runtime.pipeline import StreamPipeline  # noqa: E402
 
 
 def pan_frames(h: int = 480, w: int = 640, count: int = 24) -> list[np.ndarray]:
@@ -46,21 +42,8 @@ def pan_frames(h: int = 480, w: int = 640, count: int = 24) -> list[np.ndarray]:
     return [np.ascontiguousarray(big[h // 8: h // 8 + h, x: x + w]) for x in xs]
 
 
-@contextlib.contextmanager
 def live_pipeline(model: str | None, source_fps: float | None, serve_fps: float, h: int = 480, w: int = 640):
-    source, backend = PacedSource(pan_frames(h, w), fps=source_fps), create_backend(model)
-    view = LiveView(backend, max_fps=serve_fps)
-    pipeline = StreamPipeline(source, backend, [view])
-    view.attach(pipeline)
-    runner = threading.Thread(target=pipeline.run, daemon=True)
-    with LiveServer(view, "127.0.0.1", 0) as server:
-        runner.start()
-        try:
-            yield server, view
-        finally:
-            source.stop()
-            runner.join(timeout=10)
-            backend.close()
+    return served_pipeline(PacedSource(pan_frames(h, w), fps=source_fps), create_backend(model), serve_fps)
 
 
 def start_viewers(url: str, count: int) -> list[subprocess.Popen]:

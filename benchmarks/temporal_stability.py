@@ -115,12 +115,15 @@ def main() -> None:
         reference = np.median(off[-max(2, args.frames // 4):], axis=0)
         print(f"\n{clip} at frame {half}: p90 |σ − settled map| px for frames {half}, {half + 1}, …; mean σ before → after "
               f"{off[half - 5:half].mean():.2f} → {reference.mean():.2f} px")
+        before, after = off[half - 5:half].mean(), reference.mean()
         for mode, maps in (("off", off), ("on", on)):
-            lag, p90 = settle_frames(maps, reference, half, args.tolerance)
-            shown = ", ".join(f"{e:.2f}" for e in p90[:6])
-            step = [(m.mean() - off[half - 5:half].mean()) / (reference.mean() - off[half - 5:half].mean()) for m in maps[half:half + 3]]
-            print(f"  filter {mode:3s}: settled after {lag} frame(s); p90 {shown}; share of the mean-σ step "
-                  + ", ".join(f"{s:.0%}" for s in step))
+            lags = [settle_frames(maps, reference, half, tolerance)[0] for tolerance in (args.tolerance, args.tolerance / 2)]
+            shown = ", ".join(f"{e:.2f}" for e in settle_frames(maps, reference, half, args.tolerance)[1][:6])
+            line = f"  filter {mode:3s}: settled within {args.tolerance:g} px after {lags[0]} frame(s), within " \
+                   f"{args.tolerance / 2:g} px after {lags[1]}; p90 {shown}"
+            if abs(after - before) >= 0.5:  # a clear step in mean σ: how much of it each frame shows
+                line += "; mean-σ step shown " + ", ".join(f"{(m.mean() - before) / (after - before):.0%}" for m in maps[half:half + 3])
+            print(line)
 
     off, on = results["pan"]["off"][args.skip:], results["pan"]["on"][args.skip:]
     gap = np.abs(on - off)

@@ -138,14 +138,15 @@ class LiveView(Sink):
         """The picture of a frame newer than ``after`` as JPEG, with its frame number; None when
         no newer frame came within ``timeout`` s or the view is shut."""
         with self._encode_lock:
-            if self._jpeg_seq > after:  # another viewer encoded it already
+            fresh = self._jpeg_seq == self._seq or time.perf_counter() - self._jpeg_time < self.min_interval
+            if self._jpeg_seq > after and fresh:  # another viewer encoded it already
                 return self._jpeg_seq, self._jpeg
             wait = self._jpeg_time + self.min_interval - time.perf_counter()
             if wait > 0:
                 time.sleep(wait)
             with self._cond:
-                fresh = self._cond.wait_for(lambda: self._seq > max(after, self._jpeg_seq) or self._closed, timeout)
-                if not fresh or self._closed:
+                newer = self._cond.wait_for(lambda: self._seq > max(after, self._jpeg_seq) or self._closed, timeout)
+                if not newer or self._closed:
                     return None
                 seq, frame, sigma = self._seq, self._frame, self._sigma
             self._jpeg = self._encode(frame, sigma)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -99,3 +100,24 @@ class PacedSource(Source):
 
     def close(self) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def served_pipeline(source: PacedSource, backend, max_fps: float):
+    """A pipeline running ``source`` through ``backend`` in a thread, served live on an ephemeral
+    port of 127.0.0.1; yields (server, view). Stops the source and closes the backend on exit."""
+    from hdme.runtime.live import LiveServer, LiveView
+    from hdme.runtime.pipeline import StreamPipeline
+
+    view = LiveView(backend, max_fps=max_fps)
+    pipeline = StreamPipeline(source, backend, [view])
+    view.attach(pipeline)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    with LiveServer(view, "127.0.0.1", 0) as server:
+        runner.start()
+        try:
+            yield server, view
+        finally:
+            source.stop()
+            runner.join(timeout=10)
+            backend.close()
