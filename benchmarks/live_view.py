@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import resource
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ from headless_chromium import HeadlessChromium, find_chromium  # noqa: E402
 from runtime_support import PacedSource, served_pipeline  # noqa: E402
 
 from hdme.runtime.backends import create_backend  # noqa: E402
+from hdme.runtime.pipeline import parse_size  # noqa: E402
 
 
 def pan_frames(h: int = 480, w: int = 640, count: int = 24) -> list[np.ndarray]:
@@ -42,8 +44,9 @@ def pan_frames(h: int = 480, w: int = 640, count: int = 24) -> list[np.ndarray]:
     return [np.ascontiguousarray(big[h // 8: h // 8 + h, x: x + w]) for x in xs]
 
 
-def live_pipeline(model: str | None, source_fps: float | None, serve_fps: float, h: int = 480, w: int = 640):
-    return served_pipeline(PacedSource(pan_frames(h, w), fps=source_fps), create_backend(model), serve_fps)
+def live_pipeline(model: str | None, source_fps: float | None, serve_fps: float, h: int = 480, w: int = 640,
+                  size: tuple[int, int] | None = None):
+    return served_pipeline(PacedSource(pan_frames(h, w), fps=source_fps), create_backend(model), serve_fps, size=size)
 
 
 def start_viewers(url: str, count: int) -> list[subprocess.Popen]:
@@ -60,24 +63,36 @@ def stop_viewers(viewers: list[subprocess.Popen]) -> None:
 def measure_fps(args) -> None:
     order = [n for k in range(args.rounds) for n in ([0, 1, 3] if k % 2 == 0 else [3, 1, 0])]  # ABC CBA: drift cancels
     fps: dict[int, list[float]] = {0: [], 1: [], 3: []}
-    with live_pipeline(args.model, None, args.serve_fps) as (server, view):
+    cpu_ms: dict[int, list[float]] = {0: [], 1: [], 3: []}  # this process's CPU time (all threads) per pipeline frame
+    with live_pipeline(args.model, None, args.serve_fps, size=parse_size(args.size)) as (server, view):
         time.sleep(args.settle)  # warm-up of the engine
         for viewers_wanted in order:
             viewers = start_viewers(server.url, viewers_wanted)
             time.sleep(args.settle)
-            frames, encoded, start = view.latest, view.encoded, time.perf_counter()
+            frames, encoded, start, cpu = view.latest, view.encoded, time.perf_counter(), process_cpu_s()
             time.sleep(args.seconds)
-            elapsed = time.perf_counter() - start
+            elapsed, cpu = time.perf_counter() - start, process_cpu_s() - cpu
             rate, pictures = (view.latest - frames) / elapsed, (view.encoded - encoded) / elapsed
             fps[viewers_wanted].append(rate)
-            print(f"{viewers_wanted} viewers: {rate:6.2f} FPS pipeline, {pictures:5.2f} pictures/s encoded", flush=True)
+            cpu_ms[viewers_wanted].append(1e3 * cpu / max(view.latest - frames, 1))
+            print(f"{viewers_wanted} viewers: {rate:6.2f} FPS pipeline, {pictures:5.2f} pictures/s encoded, "
+                  f"{cpu_ms[viewers_wanted][-1]:6.1f} ms CPU a frame", flush=True)
             stop_viewers(viewers)
         engine = view.engine
     base = float(np.mean(fps[0]))
-    print(f"\n{engine['name']} {engine['precision']} {engine['model']}, 480x640, stream capped at {args.serve_fps:g} FPS, "
+    print(f"\n{engine['name']} {engine['precision']} {engine['model']}, 480x640 frames, model at {args.size or '480x640'}, stream capped at {args.serve_fps:g} FPS, "
           f"{args.rounds} rounds of {args.seconds:g} s per setting")
+    print("CPU ratio: the process's CPU time per frame with no viewer over that with viewers, the FPS ratio on a "
+          "machine the pipeline keeps busy")
     for n, rates in fps.items():
-        print(f"{n} viewers: mean {np.mean(rates):6.2f} FPS  (ratio to 0 viewers {np.mean(rates) / base:.3f})")
+        cpu_ratio = np.mean(cpu_ms[0]) / np.mean(cpu_ms[n])
+        print(f"{n} viewers: mean {np.mean(rates):6.2f} FPS, FPS ratio to 0 viewers {np.mean(rates) / base:.3f}; "
+              f"{np.mean(cpu_ms[n]):6.1f} ms CPU a frame, CPU ratio {cpu_ratio:.3f}")
+
+
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)  # the viewers (curl) are other processes
+    return usage.ru_utime + usage.ru_stime
 
 
 def rss_mib() -> float:
@@ -132,6 +147,8 @@ def main() -> None:
     fps.add_argument("--seconds", type=float, default=15.0, help="measured seconds per setting")
     fps.add_argument("--settle", type=float, default=2.0, help="seconds after the viewers connect before measuring")
     fps.add_argument("--rounds", type=int, default=2, help="rounds over the settings (alternating order)")
+    fps.add_argument("--size", default=None, help="run the model at HxW, as hdme run --size (a faster pipeline, "
+                     "so the viewers' share of the machine weighs more)")
     memory = commands.add_parser("memory", help="resident memory each minute while one viewer watches")
     memory.add_argument("--minutes", type=int, default=10)
     memory.add_argument("--source-fps", type=float, default=15.0, help="the camera's frame rate")

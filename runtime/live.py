@@ -74,7 +74,7 @@ class LiveView(Sink):
         self._frame = self._sigma = None
         self._times: collections.deque[float] = collections.deque()
         self._points: list[dict] = []
-        self._message: tuple[float, str] | None = None
+        self._message: tuple[float, str] | None = None  # the source's last word, and when
         self._started = time.perf_counter()
         self._ended = False
         self._closed = False
@@ -124,9 +124,13 @@ class LiveView(Sink):
     def closed(self) -> bool:
         return self._closed
 
-    def viewer_joined(self, change: int = 1) -> None:
+    def viewer_joined(self) -> None:
         with self._cond:
-            self.viewers += change
+            self.viewers += 1
+
+    def viewer_left(self) -> None:
+        with self._cond:
+            self.viewers -= 1
 
     def shut(self) -> None:
         """Release every viewer waiting for a picture (the server is stopping)."""
@@ -209,23 +213,24 @@ class LiveView(Sink):
                     latency[stage] = {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}
             src = self.pipeline.source
             dropped, corrupt, source = src.dropped, src.corrupt, src.description
-        message = None if self._message is None else self._message[1]
         return {
             "frames": frames, "fps": round(fps, 2), "dropped": dropped, "corrupt": corrupt,
             "latency_ms": latency, "engine": self.engine, "source": source,
-            "source_state": self._source_state(now, times[-1] if times else None, message),
-            "source_message": message, "frame_size": size, "panel_size": list(self._panel),
+            "source_state": self._source_state(now, times[-1] if times else None),
+            "source_message": None if self._message is None else self._message[1],
+            "frame_size": size, "panel_size": list(self._panel),
             "sigma_max": SIGMA_MAX, "viewers": self.viewers, "stream_fps_cap": round(1.0 / self.min_interval, 2),
             "points": points, "uptime_s": round(now - self._started, 1),
         }
 
-    def _source_state(self, now: float, last_frame: float | None, message: str | None) -> str:
+    def _source_state(self, now: float, last_frame: float | None) -> str:
         if self._ended:
             return "ended"
+        said, message = self._message or (0.0, "")
+        if "reconnecting" in message and (last_frame is None or said > last_frame):
+            return "reconnecting"
         if last_frame is not None and now - last_frame < STALL_S:
             return "streaming"
-        if message and "reconnecting" in message:
-            return "reconnecting"
         return "waiting for frames"
 
 
@@ -283,7 +288,7 @@ class _Handler(BaseHTTPRequestHandler):
         except OSError:  # the viewer left or stalled past the timeout
             pass
         finally:
-            view.viewer_joined(-1)
+            view.viewer_left()
 
     def do_POST(self):
         if urlsplit(self.path).path != "/api/points":

@@ -103,14 +103,15 @@ class PacedSource(Source):
 
 
 @contextlib.contextmanager
-def served_pipeline(source: PacedSource, backend, max_fps: float):
-    """A pipeline running ``source`` through ``backend`` in a thread, served live on an ephemeral
-    port of 127.0.0.1; yields (server, view). Stops the source and closes the backend on exit."""
+def served_pipeline(source: Source, backend, max_fps: float, size: tuple[int, int] | None = None):
+    """A pipeline running ``source`` through ``backend`` (the model at ``size``) in a thread,
+    served live on an ephemeral port of 127.0.0.1; yields (server, view). Closes the source and
+    the backend on exit."""
     from hdme.runtime.live import LiveServer, LiveView
     from hdme.runtime.pipeline import StreamPipeline
 
     view = LiveView(backend, max_fps=max_fps)
-    pipeline = StreamPipeline(source, backend, [view])
+    pipeline = StreamPipeline(source, backend, [view], size=size)
     view.attach(pipeline)
     runner = threading.Thread(target=pipeline.run, daemon=True)
     with LiveServer(view, "127.0.0.1", 0) as server:
@@ -118,6 +119,6 @@ def served_pipeline(source: PacedSource, backend, max_fps: float):
         try:
             yield server, view
         finally:
-            source.stop()
+            source.close()
             runner.join(timeout=10)
             backend.close()

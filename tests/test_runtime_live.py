@@ -161,6 +161,33 @@ def test_a_stalled_viewer_blocks_neither_the_pipeline_nor_other_viewers(constant
         assert wait_until(lambda: view.viewers == 0)  # its connection thread ended once the socket went
 
 
+def test_the_page_says_when_the_camera_is_reconnecting(constant_model):
+    from hdme.runtime.sources import LiveSource
+    from test_runtime_stream import FakeCamera
+
+    counter, opens = [0], []
+
+    def opener():  # frames, unplugged, two failed reopen attempts, then frames again
+        opens.append(1)
+        if 2 <= len(opens) <= 3:
+            return None
+        return FakeCamera(counter, period=0.02, unplug_after=10 if len(opens) == 1 else None)
+
+    source = LiveSource(opener, "fake camera", on_message=lambda m: None, backoff=0.3, max_backoff=0.6)
+    with served_pipeline(source, create_backend(constant_model), 10.0) as (server, view):
+        source.on_message = view.note_source_message  # as hdme run wires them
+        states = []
+        deadline = time.monotonic() + 20
+        while len(opens) < 4 or stats(server)["frames"] < 20:
+            assert time.monotonic() < deadline, states
+            states.append(stats(server)["source_state"])
+            time.sleep(0.02)
+        reconnecting = [s for s in states if s == "reconnecting"]
+        assert reconnecting and states.index("reconnecting") > states.index("streaming")
+        assert wait_until(lambda: stats(server)["source_state"] == "streaming")
+        assert stats(server)["source_message"] == "fake camera: reconnected"
+
+
 def test_run_serve_keeps_the_last_frame_until_ctrl_c(constant_model, tmp_path):
     video = write_video(tmp_path / "v.avi", frames=12, h=48, w=64)
     hdme = Path(sys.executable).with_name("hdme")
