@@ -141,6 +141,7 @@ class LiveView(Sink):
     def next_jpeg(self, after: int, timeout: float = 1.0) -> tuple[int, bytes] | None:
         """The picture of a frame newer than ``after`` as JPEG, with its frame number; None when
         no newer frame came within ``timeout`` s or the view is shut."""
+        after = max(after, 0)  # frame 0 is "none yet"
         with self._encode_lock:
             fresh = self._jpeg_seq == self._seq or time.perf_counter() - self._jpeg_time < self.min_interval
             if self._jpeg_seq > after and fresh:  # another viewer encoded it already
@@ -259,7 +260,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif path == "/api/stats":
             self._json(view.figures())
         elif path == "/frame.jpg":
-            picture = view.next_jpeg(view.latest - 1, timeout=5.0)
+            picture = view.next_jpeg(view.latest - 1, timeout=2.0)
             if picture is None:
                 self._json({"error": "no frame yet"}, HTTPStatus.SERVICE_UNAVAILABLE)
             else:

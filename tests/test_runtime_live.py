@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from hdme.cli import app
 from hdme.errors import HdmeError
 from hdme.runtime.backends import create_backend
-from hdme.runtime.live import BOUNDARY, parse_address
+from hdme.runtime.live import BOUNDARY, LiveServer, LiveView, parse_address
 from headless_chromium import HeadlessChromium, find_chromium
 from runtime_support import PacedSource, served_pipeline, textured_rgb, tiny_onnx, write_video
 
@@ -81,6 +81,14 @@ def test_parse_address():
     for bad in ("web", "host:", "70000", ":80x"):
         with pytest.raises(HdmeError, match="HOST:"):
             parse_address(bad)
+
+
+def test_before_the_first_frame_the_page_says_it_waits(constant_model):
+    with LiveServer(LiveView(create_backend(constant_model)), "127.0.0.1", 0) as server:
+        figures = stats(server)
+        assert (figures["frames"], figures["source_state"], figures["frame_size"]) == (0, "waiting for frames", None)
+        assert get(server.url + "frame.jpg")[0] == 503
+        assert get(server.url + "api/points?x=1&y=1", "POST")[0] == 400
 
 
 def test_endpoints_give_the_page_figures_pictures_and_points(constant_model):
