@@ -107,6 +107,7 @@ def run_command(
     precision: Optional[str] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8 (default: the model file's)."),
     size: Optional[str] = typer.Option(None, "--size", help="Run the model at HxW (e.g. 480x640); σ is mapped back to frame px."),
     tta: str = typer.Option("none", "--tta", help=TTA_HELP),
+    temporal_filter: bool = typer.Option(False, "--temporal-filter", help="Steady σ over time: static regions are averaged over frames, moving ones, cuts and focus changes follow at once."),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="Stop after N frames."),
     display: bool = typer.Option(False, "--display", help="Show frame | colour map (0–10 px) | scale bar, with FPS."),
     save_video: Optional[Path] = typer.Option(None, "--save-video", help="Write the side-by-side view to a video (.mp4, .avi…)."),
@@ -114,6 +115,8 @@ def run_command(
     map_format: str = typer.Option("png", "--map-format", help="png (16-bit, value = 1000·σ) | npy (float32 σ px)."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
+    serve: Optional[str] = typer.Option(None, "--serve", metavar="[HOST:]PORT", help="Serve a live page (frame, σ map, FPS, latency, σ at clicked points) at http://HOST:PORT/; HOST defaults to 127.0.0.1, this machine only."),
+    serve_fps: float = typer.Option(10.0, "--serve-fps", help="Most pictures a second sent to the page's viewers."),
 ) -> None:
     """Stream frames through the model to live σ maps; prints FPS and per-stage latency at the end."""
     from hdme.runtime.backends import create_backend
@@ -121,6 +124,7 @@ def run_command(
     from hdme.runtime.predict import check_tta
     from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
     from hdme.runtime.sources import open_source
+    from hdme.runtime.temporal import TemporalFilter
 
     if engine is not None:
         if model is not None:
@@ -130,9 +134,21 @@ def run_command(
     work_size, tta = parse_size(size), check_tta(tta)
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
     typer.echo(f"backend {engine_.selection}")
-    sinks = []
+    sinks, server = [], None
+
+    def on_message(message: str) -> None:
+        typer.secho(message, fg=typer.colors.YELLOW, err=True)
+        if server is not None:
+            server.view.note_source_message(message)
+
     try:
-        src = open_source(source, on_message=lambda m: typer.secho(m, fg=typer.colors.YELLOW, err=True))
+        if serve is not None:
+            from hdme.runtime.live import LiveServer, LiveView, parse_address
+
+            server = LiveServer(LiveView(engine_, max_fps=serve_fps), *parse_address(serve))
+            sinks.append(server.view)
+            typer.echo(f"live view: {server.url}")
+        src = open_source(source, on_message=on_message)
         typer.echo(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
         if display:
             sinks.append(DisplaySink())
@@ -140,16 +156,27 @@ def run_command(
             sinks.append(VideoSink(save_video, fps=src.fps or 25.0))
         if save_maps is not None:
             sinks.append(MapSink(save_maps, map_format))
-        stats = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames, tta=tta).run()
+        pipeline = StreamPipeline(src, engine_, sinks, size=work_size, max_frames=max_frames, tta=tta,
+                                  temporal=TemporalFilter() if temporal_filter else None)
+        if server is not None:
+            server.view.attach(pipeline)
+        stats = pipeline.run()
     except BaseException:
         for sink in sinks:  # a failure before the pipeline started still finalises what was opened
             sink.close()
+        if server is not None:
+            server.close()
         raise
     finally:
         engine_.close()
     _print_run_summary(console, stats)
     if save_video is not None and stats.frames:
         typer.echo(f"video: {save_video}")
+    if server is not None:
+        if not stats.interrupted:
+            typer.echo(f"the source ended; still serving its last frame at {server.url} (Ctrl-C stops)")
+            server.wait_for_interrupt()
+        server.close()
     if stats.interrupted:
         raise typer.Exit(130)
 

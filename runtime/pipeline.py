@@ -12,6 +12,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -73,11 +74,15 @@ def parse_size(text: str | None) -> tuple[int, int] | None:
 class StreamPipeline:
     """Run ``source`` through ``backend`` into ``sinks``. ``size`` (H, W): resize frames to it
     for the model, σ is mapped back to the frame's pixels. ``max_frames``: stop after so many.
-    ``tta``: mirrored views averaged per frame, as in ``DefocusPredictor`` (one pass by default)."""
+    ``tta``: mirrored views averaged per frame, as in ``DefocusPredictor`` (one pass by default).
+    ``temporal``: called with each frame and its σ map, returns the map the sinks get (e.g. a
+    ``TemporalFilter``)."""
 
     def __init__(self, source: Source, backend: Backend, sinks: list[Sink] = (), size: tuple[int, int] | None = None,
-                 max_frames: int | None = None, queue_depth: int = 2, tta: str = "none") -> None:
+                 max_frames: int | None = None, queue_depth: int = 2, tta: str = "none",
+                 temporal: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
         self.source, self.backend, self.sinks = source, backend, list(sinks)
+        self.temporal = temporal
         self.size, self.max_frames, self.tta = size, max_frames, check_tta(tta)
         self.q_in: queue.Queue = queue.Queue(queue_depth)
         self.q_out: queue.Queue = queue.Queue(queue_depth)
@@ -86,6 +91,7 @@ class StreamPipeline:
         self._ring: list[np.ndarray] = []
         self._stop = threading.Event()
         self._error: BaseException | None = None
+        self.stats = RunStats()  # filled as frames pass, so it can be read while the run goes on
 
     def _buffer(self, index: int, h: int, w: int) -> np.ndarray:
         if not self._ring or self._ring[0].shape[2:] != (h, w):
@@ -155,11 +161,11 @@ class StreamPipeline:
 
     def _postprocess(self, item: _Item) -> np.ndarray:
         h, w = item.work_hw
-        sigma = output_to_sigma(item.y[0, 0])
-        return rescale_sigma(sigma, (h, w), item.frame.image.shape[:2])
+        sigma = rescale_sigma(output_to_sigma(item.y[0, 0]), (h, w), item.frame.image.shape[:2])
+        return sigma if self.temporal is None else self.temporal(item.frame.image, sigma)
 
     def run(self) -> RunStats:
-        stats = RunStats()
+        stats = self.stats
         threads = [threading.Thread(target=self._reader, name="hdme-read", daemon=True),
                    threading.Thread(target=self._inferer, name="hdme-infer", daemon=True)]
         start = time.perf_counter()

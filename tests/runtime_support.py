@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from hdme.runtime.sources import Frame, Source
 
 
 def tiny_onnx(path: Path, seed: int = 0, multiple: int | None = None, constant: float | None = None) -> Path:
@@ -63,3 +68,57 @@ def write_video(path: Path, frames: int, h: int = 48, w: int = 64, fps: float = 
         writer.write(frame)
     writer.release()
     return path
+
+
+
+class PacedSource(Source):
+    """A camera-like source: ``images`` (BGR) over and over at ``fps`` frames a second (None: as
+    fast as they are read), each frame's number written into its first pixels, until ``stop()``
+    or ``frames`` frames."""
+
+    def __init__(self, images: list[np.ndarray], fps: float | None = 30.0, frames: int | None = None) -> None:
+        super().__init__(f"paced source ({fps or 'unpaced'} FPS)")
+        self.images, self.period, self.frames = images, (1.0 / fps if fps else 0.0), frames
+        self.count = 0
+        self._stopped = threading.Event()
+        self._next_time: float | None = None
+
+    def read(self) -> Frame | None:
+        if self._stopped.is_set() or (self.frames is not None and self.count >= self.frames):
+            return None
+        now = time.perf_counter()
+        self._next_time = now if self._next_time is None else max(self._next_time + self.period, now)
+        if self._stopped.wait(max(0.0, self._next_time - now)):
+            return None
+        image = self.images[self.count % len(self.images)].copy()
+        image[0, :8] = self.count % 256
+        self.count += 1
+        return Frame(self.count - 1, image, f"{self.count - 1:06d}", time.perf_counter())
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def close(self) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def served_pipeline(source: Source, backend, max_fps: float, size: tuple[int, int] | None = None):
+    """A pipeline running ``source`` through ``backend`` (the model at ``size``) in a thread,
+    served live on an ephemeral port of 127.0.0.1; yields (server, view). Closes the source and
+    the backend on exit."""
+    from hdme.runtime.live import LiveServer, LiveView
+    from hdme.runtime.pipeline import StreamPipeline
+
+    view = LiveView(backend, max_fps=max_fps)
+    pipeline = StreamPipeline(source, backend, [view], size=size)
+    view.attach(pipeline)
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    with LiveServer(view, "127.0.0.1", 0) as server:
+        runner.start()
+        try:
+            yield server, view
+        finally:
+            source.close()
+            runner.join(timeout=10)
+            backend.close()

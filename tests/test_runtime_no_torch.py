@@ -22,7 +22,7 @@ def test_runtime_never_imports_torch_on_the_onnx_path(tmp_path):
     proc = _run(f"""
         import sys
         import hdme.runtime.backends, hdme.runtime.predict, hdme.runtime.pipeline, hdme.runtime.sources
-        import hdme.runtime.sinks, hdme.runtime.bench, hdme.runtime.cli
+        import hdme.runtime.sinks, hdme.runtime.bench, hdme.runtime.cli, hdme.runtime.live, hdme.runtime.temporal
         from hdme.runtime.predict import DefocusPredictor
         sigma = DefocusPredictor({str(model)!r}).predict(__import__("numpy").zeros((40, 48, 3), "uint8"))
         assert sigma.shape == (40, 48)
@@ -41,7 +41,8 @@ def test_runtime_never_imports_torch_on_the_onnx_path(tmp_path):
             main()
         except SystemExit as exc:
             assert not exc.code, exc.code
-        sys.argv = ["hdme", "run", {str(video)!r}, "--model", {str(model)!r}, "--save-video", {str(tmp_path / 'o.avi')!r}]
+        sys.argv = ["hdme", "run", {str(video)!r}, "--model", {str(model)!r}, "--save-video", {str(tmp_path / 'o.avi')!r},
+                    "--temporal-filter"]
         try:
             main()
         except SystemExit as exc:
