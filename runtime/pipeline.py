@@ -77,6 +77,8 @@ class StreamPipeline:
 
     def __init__(self, source: Source, backend: Backend, sinks: list[Sink] = (), size: tuple[int, int] | None = None,
                  max_frames: int | None = None, queue_depth: int = 2, tta: str = "none") -> None:
+        if max_frames is not None and max_frames < 1:
+            raise HdmeError(f"max_frames must be at least 1, not {max_frames}")
         self.source, self.backend, self.sinks = source, backend, list(sinks)
         self.size, self.max_frames, self.tta = size, max_frames, check_tta(tta)
         self.q_in: queue.Queue = queue.Queue(queue_depth)

@@ -3,7 +3,8 @@
 Files yield every frame in order. Live sources (cameras, RTSP/HTTP, GStreamer) are read by a
 capture thread that keeps only the latest frame, so a slow consumer never builds up lag: frames
 it could not take in time are dropped and counted. A live source that stops delivering is
-reopened with exponential back-off.
+reopened with exponential back-off, and one that is not up yet when the run starts (a camera
+plugged in later, a server still starting) is waited for the same way.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class VideoFileSource(Source):
 
 class LiveSource(Source):
     """A capture thread over any OpenCV-like capture (``read() -> (ok, frame)``, ``release()``)
-    made by ``opener`` (None when it cannot open). Keeps only the latest frame; reconnects
-    with back-off (``backoff`` s doubling up to ``max_backoff``) when reads fail
-    ``fail_reads`` times in a row; gives up after ``max_reconnects`` attempts (None: never)."""
+    made by ``opener`` (None when it cannot open). Keeps only the latest frame; connects, and
+    reconnects when reads fail ``fail_reads`` times in a row, with back-off (``backoff`` s
+    doubling up to ``max_backoff``); gives up after ``max_reconnects`` attempts in a row (None: never)."""
 
     live = True
 
@@ -156,12 +157,9 @@ class LiveSource(Source):
         self.fail_reads = fail_reads
         self.max_reconnects = max_reconnects
         self.reconnects = 0
-        cap = opener()
-        if cap is None:
-            raise HdmeError(f"{description}: cannot open (check the device index, URL or pipeline)")
-        self._cap = cap
-        fps = getattr(cap, "get", lambda _: 0)(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and fps > 0 else None
+        self._cap = None
+        self._ever_opened = False
+        self._use(opener())
         self._latest: Frame | None = None
         self._captured = 0
         self._ended = False
@@ -170,22 +168,32 @@ class LiveSource(Source):
         self._thread = threading.Thread(target=self._capture_loop, name="hdme-capture", daemon=True)
         self._thread.start()
 
+    def _use(self, cap) -> bool:
+        """Take an opened capture (None: not opened) and the frame rate it reports."""
+        if cap is None:
+            return False
+        self._cap, self._ever_opened = cap, True
+        fps = getattr(cap, "get", lambda _: 0)(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and fps > 0 else self.fps
+        return True
+
     def _reopen(self) -> bool:
+        first = not self._ever_opened
+        state, retry, done = (("not available yet", "connecting", "connected") if first
+                              else ("lost", "reconnecting", "reconnected"))
         delay = self.backoff
         attempts = 0
         while not self._stop.is_set():
             if self.max_reconnects is not None and attempts >= self.max_reconnects:
-                self.on_message(f"{self.description}: gave up after {attempts} reconnect attempts")
+                self.on_message(f"{self.description}: gave up after {attempts} attempts to connect")
                 return False
             attempts += 1
-            self.on_message(f"{self.description}: lost, reconnecting in {delay:.3g} s (attempt {attempts})")
+            self.on_message(f"{self.description}: {state}, {retry} in {delay:.3g} s (attempt {attempts})")
             if self._stop.wait(delay):
                 return False
-            cap = self.opener()
-            if cap is not None:
-                self._cap = cap
-                self.reconnects += 1
-                self.on_message(f"{self.description}: reconnected")
+            if self._use(self.opener()):
+                self.reconnects += not first
+                self.on_message(f"{self.description}: {done}")
                 return True
             delay = min(delay * 2, self.max_backoff)
         return False
@@ -201,6 +209,8 @@ class LiveSource(Source):
                 self._cond.notify_all()
 
     def _capture_frames(self) -> None:
+        if self._cap is None and not self._reopen():
+            return
         failures = 0
         while not self._stop.is_set():
             ok, image = self._cap.read()
@@ -210,6 +220,7 @@ class LiveSource(Source):
                     self.corrupt += 1
                     continue
                 self._cap.release()
+                self._cap = None
                 failures = 0
                 if not self._reopen():
                     break
@@ -235,7 +246,7 @@ class LiveSource(Source):
             return
         self._stop.set()
         self._thread.join(timeout=5)
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() and self._cap is not None:
             self._cap.release()
         with self._cond:
             self._ended = True
