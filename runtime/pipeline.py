@@ -4,6 +4,8 @@ A reader thread captures and preprocesses into a ring of preallocated input buff
 inference thread runs the backend, and the calling thread postprocesses and feeds the sinks
 (windows must be driven from the main thread on some platforms). Bounded queues between them
 give back-pressure for files (every frame, in order) and keep at most a few frames in flight.
+A live frame is read only once the model is free, so it never waits behind older ones: its
+latency is one preprocessing and one inference, at the cost of not overlapping the two.
 """
 
 from __future__ import annotations
@@ -126,6 +128,8 @@ class StreamPipeline:
         count = 0
         try:
             while not self._stop.is_set() and (self.max_frames is None or count < self.max_frames):
+                if self.source.live:
+                    self._wait_for_inference()
                 t0 = time.perf_counter()
                 frame = self.source.read()
                 if frame is None:
@@ -140,6 +144,14 @@ class StreamPipeline:
             self._error = exc
         self._put(self.q_in, _END)
 
+    def _wait_for_inference(self) -> None:
+        """Wait until the inference thread has finished every frame given to it. A live frame is
+        read only then: queued behind a busy model, it would age by one inference per place in
+        the queue, while the source's latest-frame slot drops what the model has no time for."""
+        with self.q_in.all_tasks_done:
+            while self.q_in.unfinished_tasks and not self._stop.is_set():
+                self.q_in.all_tasks_done.wait(0.1)
+
     def _inferer(self) -> None:
         try:
             while True:
@@ -149,6 +161,7 @@ class StreamPipeline:
                 t0 = time.perf_counter()
                 item.y = infer_mirrored(self.backend, item.x, item.work_hw, self.tta)
                 item.ms["infer"] = (time.perf_counter() - t0) * 1e3
+                self.q_in.task_done()
                 if not self._put(self.q_out, item):
                     return
         except BaseException as exc:

@@ -256,6 +256,17 @@ def test_live_source_through_the_pipeline_drops_instead_of_lagging(onnx_path):
     assert max(stats.stage_ms["end-to-end"]) < 500
 
 
+def test_live_frames_do_not_queue_behind_a_busy_model(onnx_path):
+    counter = [0]
+    source = LiveSource(lambda: FakeCamera(counter, period=0.001), "fake camera", on_message=lambda m: None)
+    # Frames enlarged for the model so that inference, not the camera, sets the pace.
+    stats = StreamPipeline(source, create_backend(onnx_path), size=(720, 1280), max_frames=12).run()
+    ms = {stage: np.median(values[2:]) for stage, values in stats.stage_ms.items()}
+    waited = ms["end-to-end"] - ms["preprocess"] - ms["infer"] - ms["postprocess"] - ms["sinks"]
+    # A frame read while the model is busy would wait one inference per frame queued ahead of it.
+    assert waited < 0.5 * ms["infer"], ms
+
+
 def test_classify_sources(tmp_path):
     video = write_video(tmp_path / "v.avi", frames=2)
     cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 40))
