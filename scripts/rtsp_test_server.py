@@ -150,7 +150,9 @@ def serve(port: int, fps: int, epoch: float, log_path: str | None) -> None:
     log = open(log_path, "a") if log_path else None
     video = StampedVideo(epoch, fps, log)
     sources = []
-    launch = (f"( appsrc name=src is-live=true format=time do-timestamp=true "
+    # A starved encoder drops the oldest frames instead of queueing them: lag built up here would
+    # be charged to the client.
+    launch = (f"( appsrc name=src is-live=true format=time do-timestamp=true max-buffers=2 leaky-type=downstream "
               f"caps=video/x-raw,format=BGR,width={WIDTH},height={HEIGHT},framerate={fps}/1 "
               f"! videoconvert ! video/x-raw,format=I420 "
               f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={fps} bitrate=2000 "

@@ -324,7 +324,8 @@ def test_run_waits_for_a_source_that_is_not_up_and_native_libraries_stay_quiet(o
 
     source = f"rtsp://127.0.0.1:{_free_loopback_port()}/late" if kind == "rtsp" else "97"
     code = f"import sys; sys.argv = ['hdme', 'run', {source!r}, '--model', {str(onnx_path)!r}]; from hdme.cli import main; main()"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also under a background job
     try:
         time.sleep(3.0)
         still_waiting = proc.poll() is None
