@@ -4,8 +4,9 @@ A reader thread captures and preprocesses into a ring of preallocated input buff
 inference thread runs the backend, and the calling thread postprocesses and feeds the sinks
 (windows must be driven from the main thread on some platforms). Bounded queues between them
 give back-pressure for files (every frame, in order) and keep at most a few frames in flight.
-A live frame is read only once the model is free, so it never waits behind older ones: its
-latency is one preprocessing and one inference, at the cost of not overlapping the two.
+A live frame is read only once the model is free and its last result has gone to the sinks, so
+it never waits behind older frames: the model works on it while the sinks take the previous
+one, and reading and preprocessing are the only steps not overlapped.
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class StreamPipeline:
         try:
             while not self._stop.is_set() and (self.max_frames is None or count < self.max_frames):
                 if self.source.live:
-                    self._wait_for_inference()
+                    self._wait_until_taken(self.q_in)
+                    self._wait_until_taken(self.q_out)
                 t0 = time.perf_counter()
                 frame = self.source.read()
                 if frame is None:
@@ -144,13 +146,14 @@ class StreamPipeline:
             self._error = exc
         self._put(self.q_in, _END)
 
-    def _wait_for_inference(self) -> None:
-        """Wait until the inference thread has finished every frame given to it. A live frame is
-        read only then: queued behind a busy model, it would age by one inference per place in
-        the queue, while the source's latest-frame slot drops what the model has no time for."""
-        with self.q_in.all_tasks_done:
-            while self.q_in.unfinished_tasks and not self._stop.is_set():
-                self.q_in.all_tasks_done.wait(0.1)
+    def _wait_until_taken(self, q: queue.Queue) -> None:
+        """Wait until every item put into ``q`` has been taken on by the next stage. A live frame
+        is read only when the model and the sinks are free: queued behind busy ones, it would age
+        by one inference or sink call per place in the queues, while the source's latest-frame
+        slot drops what they have no time for."""
+        with q.all_tasks_done:
+            while q.unfinished_tasks and not self._stop.is_set():
+                q.all_tasks_done.wait(0.1)
 
     def _inferer(self) -> None:
         try:
@@ -161,9 +164,9 @@ class StreamPipeline:
                 t0 = time.perf_counter()
                 item.y = infer_mirrored(self.backend, item.x, item.work_hw, self.tta)
                 item.ms["infer"] = (time.perf_counter() - t0) * 1e3
-                self.q_in.task_done()
                 if not self._put(self.q_out, item):
                     return
+                self.q_in.task_done()  # once it is in the next queue: a frame is always counted somewhere
         except BaseException as exc:
             self._error = exc
         self._put(self.q_out, _END)
@@ -185,6 +188,7 @@ class StreamPipeline:
                 item = self._get(self.q_out)
                 if item is _END:
                     break
+                self.q_out.task_done()
                 t0 = time.perf_counter()
                 sigma = self._postprocess(item)
                 t1 = time.perf_counter()
