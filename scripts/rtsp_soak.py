@@ -31,10 +31,10 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rtsp_test_server import REQUIREMENTS, ServerProcess, free_port, read_stamp, server_python  # noqa: E402
+from rtsp_test_server import FPS, REQUIREMENTS, ServerProcess, free_port, read_stamp, server_python  # noqa: E402
 
 
-def run_soak(seconds: float, lead: float, outage: float, hdme_options: list[str], work: Path) -> dict:
+def run_soak(seconds: float, lead: float, outage: float, fps: int, hdme_options: list[str], work: Path) -> dict:
     python = server_python()
     if python is None:
         raise SystemExit(f"no RTSP server can run here: install {REQUIREMENTS}")
@@ -52,13 +52,13 @@ def run_soak(seconds: float, lead: float, outage: float, hdme_options: list[str]
     servers = []
     try:
         time.sleep(lead)
-        servers.append(ServerProcess(python, port, epoch, log=str(sent)))
+        servers.append(ServerProcess(python, port, epoch, log=str(sent), fps=fps))
         events["server_up"] = time.time()
         time.sleep(max(0.0, events["hdme_started"] + seconds / 2 - time.time()))
         servers[-1].kill()
         events["server_killed"] = time.time()
         time.sleep(outage)
-        servers.append(ServerProcess(python, port, epoch, log=str(sent)))
+        servers.append(ServerProcess(python, port, epoch, log=str(sent), fps=fps))
         events["server_restarted"] = time.time()
         time.sleep(max(0.0, events["hdme_started"] + seconds - time.time()))
         hdme.send_signal(signal.SIGINT)
@@ -157,6 +157,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=150.0, help="How long hdme runs in all.")
     parser.add_argument("--lead", type=float, default=5.0, help="Seconds hdme waits before the server is started.")
     parser.add_argument("--outage", type=float, default=5.0, help="Seconds the server stays down.")
+    parser.add_argument("--fps", type=int, default=FPS, help="Frame rate of the stream.")
     parser.add_argument("--hdme-options", default="", help='More options for hdme run, e.g. "--size 120x160".')
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
@@ -165,8 +166,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hdme-soak-") as tmp:
         work = args.keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
-        result = run_soak(args.seconds, args.lead, args.outage, args.hdme_options.split(), work)
-    result["hdme_options"] = args.hdme_options
+        result = run_soak(args.seconds, args.lead, args.outage, args.fps, args.hdme_options.split(), work)
+    result |= {"fps": args.fps, "hdme_options": args.hdme_options}
     summary = {k: v for k, v in result.items() if k not in ("windows", "hdme_messages")}
     print(json.dumps(summary, indent=1))
     for w in result["windows"]:
