@@ -253,9 +253,23 @@ class LiveSource(Source):
             self._cond.notify_all()
 
 
-def _cv_opener(target, api: int) -> Callable[[], object | None]:
+_ffmpeg_options_lock = threading.Lock()
+
+
+def _cv_opener(target, api: int, ffmpeg_options: str | None = None) -> Callable[[], object | None]:
+    """``ffmpeg_options``: FFmpeg's options for this capture only. OpenCV reads them from the
+    environment when a capture opens, so they are set just for that moment (unless the user set
+    their own): left in place, they would also apply to every video file opened later."""
     def open_capture():
-        cap = cv2.VideoCapture(target, api)
+        with _ffmpeg_options_lock:
+            own = ffmpeg_options is not None and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+            if own:
+                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options
+            try:
+                cap = cv2.VideoCapture(target, api)
+            finally:
+                if own:
+                    del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
         if not cap.isOpened():
             cap.release()
             return None
@@ -282,8 +296,7 @@ def open_source(spec: str, on_message: Callable[[str], None] = print, **live_opt
     if kind == "camera":
         return LiveSource(_cv_opener(int(spec), cv2.CAP_ANY), f"camera {spec}", on_message, **live_options)
     if kind == "url":
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_LOW_LATENCY)
-        return LiveSource(_cv_opener(spec, cv2.CAP_FFMPEG), spec, on_message, **live_options)
+        return LiveSource(_cv_opener(spec, cv2.CAP_FFMPEG, FFMPEG_LOW_LATENCY), spec, on_message, **live_options)
     if not re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()):
         raise HdmeError("this OpenCV build has no GStreamer support; install an OpenCV built with GStreamer (JetPack's is)")
     return LiveSource(_cv_opener(gstreamer_pipeline(spec), cv2.CAP_GSTREAMER), "GStreamer pipeline", on_message, **live_options)

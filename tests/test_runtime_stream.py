@@ -374,3 +374,16 @@ def test_run_waits_for_a_source_that_is_not_up_and_native_libraries_stay_quiet(o
     lines = err.strip().splitlines()
     assert lines and all(line.startswith(f"{'camera ' if kind == 'camera' else ''}{source}: not available yet, connecting in")
                          for line in lines), err
+
+
+def test_stream_options_do_not_leak_into_video_files_opened_later(onnx_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
+    stream = open_source(f"rtsp://127.0.0.1:{_free_loopback_port()}/x", on_message=lambda m: None,
+                         backoff=0.01, max_reconnects=1)
+    assert stream.read() is None  # nothing listens: one attempt, then it gives up
+    stream.close()
+    # FFmpeg's low-delay stream flags, left in the environment, made a file lose frames
+    assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in __import__("os").environ
+    video = write_video(tmp_path / "in.mp4", frames=20, h=64, w=80)
+    with VideoFileSource(video) as src:
+        assert sum(1 for _ in iter(src.read, None)) == 20
