@@ -182,10 +182,14 @@ def test_listing_skips_hidden_and_temporary_files_and_an_excluded_folder(tmp_pat
 def test_help_shows_flags_without_a_value_and_every_option_explained():
     import os
 
-    env = dict(os.environ, COLUMNS="200")
-    for cmd in (["run"], ["train"], ["data", "make"], ["export", "onnx"]):
-        text = subprocess.run([sys.executable, "-m", "hdme.cli", *cmd, "--help"], capture_output=True, text=True,
-                              env=env, check=True).stdout
-        rows = [line.strip("│ ").split() for line in text.splitlines() if line.strip("│ ").startswith("--")]
-        assert rows and not any("<bool>" in row for row in rows), (cmd, text)
+    commands = [["run"], ["train"], ["data", "make"], ["export", "onnx"]]
+    code = (f"from hdme.cli import command\nfor args in {commands!r}:\n    print('=' * 20)\n"
+            "    try:\n        command()([*args, '--help'], prog_name='hdme')\n    except SystemExit:\n        pass\n")
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"),
+                          check=True).stdout
+    sections = text.split("=" * 20)[1:]
+    assert len(sections) == len(commands)
+    for cmd, section in zip(commands, sections):
+        rows = [line.strip("│ ").split() for line in section.splitlines() if line.strip("│ ").startswith("--")]
+        assert rows and not any("<bool>" in row for row in rows), (cmd, section)
         assert all(len(row) > 2 for row in rows), (cmd, [row for row in rows if len(row) <= 2])

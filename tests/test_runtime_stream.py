@@ -288,7 +288,7 @@ def test_live_frames_do_not_queue_behind_a_busy_model_or_busy_sinks(onnx_path, b
     source = CountedLiveSource(lambda: FakeCamera(counter, period=0.001), "fake camera", on_message=lambda m: None)
     probe = _InFlight(source)
     # Frames enlarged for the model so that inference, not the camera, sets the pace; or slow sinks.
-    size, sinks = ((720, 1280), [probe]) if busy == "model" else ((32, 32), [probe, _SlowSink()])
+    size, sinks = ((480, 640), [probe]) if busy == "model" else ((32, 32), [probe, _SlowSink()])
     StreamPipeline(source, create_backend(onnx_path), sinks, size=size, max_frames=12).run()
     # Read while the model or the sinks are busy, frames would queue up (up to six here) and each
     # would wait for all ahead of it; read when they are free, the sinks hold one frame and the
