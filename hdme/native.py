@@ -15,11 +15,13 @@ _capture_lock = threading.Lock()
 
 def silence_native_logs() -> None:
     """Turn off OpenCV's log and, through OpenCV, FFmpeg's. FFmpeg reads its level when OpenCV
-    first opens a stream, so this runs before any capture is opened; a user's own setting wins."""
+    first opens a stream, so this runs before any capture is opened; a user's own setting
+    (OPENCV_LOG_LEVEL, OPENCV_FFMPEG_LOGLEVEL) wins."""
     import cv2
 
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")  # AV_LOG_QUIET
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    if "OPENCV_LOG_LEVEL" not in os.environ:
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
 
 
 class CapturedStderr:
