@@ -21,6 +21,15 @@ CALIB_SIZE = (256, 256)  # H, W: the size of the COCO_shuffle crops in calib_dat
 CACHE_MAGIC = b"hdme-calibration-cache v1 "
 
 
+def default_calibration_folder() -> Path:
+    """calib_data/ of the source tree. An installed package does not carry it (8.5 MB of images)."""
+    folder = Path(__file__).resolve().parents[1] / "calib_data"
+    if not folder.is_dir():
+        raise HdmeError("this installation has no calibration images (calib_data/ is in the source tree, "
+                        "or make a set with: hdme data make DIR --count 120 --flat)")
+    return folder
+
+
 def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Centre-crop to ``size`` (H, W); resize only images too small to crop.
 

@@ -41,7 +41,7 @@ def onnx_command(
 def quantize_command(
     onnx_file: Path = typer.Argument(..., help="FP32 .onnx written by 'hdme export onnx'."),
     precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
-    calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for INT8 (default: calib_data/ of the source tree)."),
     method: str = typer.Option("max", "--method", help="INT8 calibration: max, entropy or percentile."),
     backend: str = typer.Option("auto", "--backend", help="auto (ModelOpt when installed), modelopt or ort."),
     target: str = typer.Option("tensorrt", "--target", help="INT8 layout: tensorrt (symmetric Q/DQ) or cpu (U8S8 for ONNX Runtime)."),
@@ -68,6 +68,16 @@ def quantize_command(
     out = out or q.default_output(onnx_file, precision, target)
     if out.resolve() == onnx_file.resolve():
         raise HdmeError(f"{out}: the output would overwrite the input")
+    calib_set = None
+    if precision == "int8":  # checked before the slow held-out set is made
+        from hdme.export.calibration import CalibrationSet, default_calibration_folder
+
+        if calib is None:
+            try:
+                calib = default_calibration_folder()
+            except HdmeError as exc:
+                raise HdmeError(f"{exc}; pass --calib DIR") from None
+        calib_set = CalibrationSet(calib, count=calib_count)
     heldout = heldout_set(eval_dir, count=eval_count)  # before writing anything: it may be unavailable
     if precision == "fp16":
         used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
@@ -76,9 +86,6 @@ def quantize_command(
         from rich.console import Console
         from rich.progress import Progress
 
-        from hdme.export.calibration import CalibrationSet
-
-        calib_set = CalibrationSet(calib, count=calib_count)
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
             used = q.quantize_int8(

@@ -7,7 +7,7 @@ import sys
 import typer
 
 from hdme import __version__
-from hdme.errors import HdmeError
+from hdme.errors import HdmeError, missing_extra
 
 app = typer.Typer(
     name="hdme",
@@ -47,11 +47,34 @@ def _register() -> None:
 _register()
 
 
+def command():
+    """The click command behind ``app``. Flags get an empty metavar: typer labels them ``<bool>``
+    in help, which reads as if they took a value."""
+    root = typer.main.get_command(app)
+    stack = [root]
+    while stack:
+        cmd = stack.pop()
+        stack.extend(getattr(cmd, "commands", {}).values())
+        for param in [*cmd.params, cmd.get_help_option(cmd.context_class(cmd))]:
+            if getattr(param, "is_flag", False):
+                param.metavar = ""
+    return root
+
+
 def main() -> None:
+    from hdme.native import silence_native_logs
+
+    silence_native_logs()
     try:
-        app()
+        command()(prog_name="hdme")
     except HdmeError as exc:
         typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        error = missing_extra(exc)
+        if error is None:
+            raise
+        typer.secho(f"error: {error}", fg=typer.colors.RED, err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.secho("interrupted", fg=typer.colors.YELLOW, err=True)

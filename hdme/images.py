@@ -9,31 +9,45 @@ import cv2
 import numpy as np
 
 from hdme.errors import HdmeError
+from hdme.native import captured_native_stderr
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 MIN_SIDE = 8
 
 
+def size_text(h: int, w: int) -> str:
+    """A size as every message and option writes it: height first (HxW), as --size takes it."""
+    return f"{h}x{w}"
+
+
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files in ``folder`` (recursively), sorted by path."""
+def list_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Image files in ``folder`` (recursively), sorted by path; hidden files and folders (among
+    them the temporary files of an interrupted atomic write) and anything inside ``exclude`` left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HdmeError(f"{folder}: not a folder")
-    return sorted(p for p in folder.rglob("*") if p.is_file() and is_image_file(p))
+    skip = Path(exclude).resolve() if exclude is not None else None
+    return sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and is_image_file(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and (skip is None or skip not in p.resolve().parents)
+    )
 
 
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files and folders → a flat list of image paths (folders expanded, order kept)."""
+def expand_inputs(inputs: list[str | os.PathLike], exclude: str | os.PathLike | None = None) -> list[Path]:
+    """Files and folders → a flat list of image paths (folders expanded, order kept). Files found
+    in a folder are left out when inside ``exclude`` (an output folder among the inputs)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            out.extend(list_images(p))
+            out.extend(list_images(p, exclude))
         else:
             out.append(p)
     return out
@@ -46,8 +60,14 @@ def to_rgb8(img: np.ndarray, name: str = "image") -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img.astype(np.float32) / 257.0 + 0.5).astype(np.uint8)
     elif img.dtype in (np.float32, np.float64):
-        scale = 255.0 if float(np.nanmax(img)) <= 1.0 else 1.0
-        img = np.clip(np.nan_to_num(img) * scale + 0.5, 0, 255).astype(np.uint8)
+        finite = np.isfinite(img)
+        if not finite.any():
+            raise HdmeError(f"{name}: no finite pixel values (all NaN or infinite)")
+        # The range (0–1 or 0–255) is judged on finite pixels: one inf would otherwise turn a
+        # 0–1 image into a black one. Non-finite pixels become the range's ends (NaN: 0).
+        scale = 255.0 if float(img[finite].max()) <= 1.0 else 1.0
+        img = np.nan_to_num(img.astype(np.float32) * scale + 0.5, nan=0.0, posinf=255.0, neginf=0.0)
+        img = np.clip(img, 0, 255).astype(np.uint8)
     elif img.dtype != np.uint8:
         raise HdmeError(f"{name}: unsupported pixel type {img.dtype}")
     if img.ndim == 2:
@@ -65,6 +85,15 @@ def to_rgb8(img: np.ndarray, name: str = "image") -> np.ndarray:
     raise HdmeError(f"{name}: unsupported image layout {img.shape}")
 
 
+def decode_flags(data: np.ndarray) -> int:
+    """OpenCV decode flags for an encoded image. JPEGs are decoded so that OpenCV applies their
+    EXIF orientation (the layout every viewer shows); other formats keep their alpha channel and
+    bit depth, which those flags would drop (JPEGs have neither)."""
+    if data[:3].tobytes() == b"\xff\xd8\xff":
+        return cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH
+    return cv2.IMREAD_UNCHANGED
+
+
 def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
     """Read an image file as RGB uint8 H×W×3, or raise HdmeError with one clear line."""
     path = Path(path)
@@ -74,15 +103,23 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
         raise HdmeError(f"{path}: is a folder, not an image")
     if path.suffix.lower() not in IMAGE_EXTS:
         raise HdmeError(f"{path}: unsupported format '{path.suffix}' (expected one of {', '.join(sorted(IMAGE_EXTS))})")
-    data = np.fromfile(path, dtype=np.uint8)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise HdmeError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if data.size == 0:
         raise HdmeError(f"{path}: empty file")
-    img = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    with captured_native_stderr() as native:
+        try:
+            img = cv2.imdecode(data, decode_flags(data))
+        except cv2.error:
+            img = None
     if img is None:
-        raise HdmeError(f"{path}: corrupt or unreadable image")
+        detail = f" ({native.first_line})" if native.first_line else ""
+        raise HdmeError(f"{path}: corrupt or unreadable image{detail}")
     rgb = to_rgb8(img, str(path))
     if min(rgb.shape[:2]) < min_side:
-        raise HdmeError(f"{path}: image is {rgb.shape[1]}x{rgb.shape[0]}, smaller than {min_side} px on a side")
+        raise HdmeError(f"{path}: image is {size_text(*rgb.shape[:2])}, smaller than {min_side} px on a side")
     return rgb
 
 

@@ -5,9 +5,28 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+
+# The temporary names atomic_path gives: ".STEM.XXXXXXXX.tmp.SUFFIX" (mkstemp's eight random characters).
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
+
+
+def temp_path_beside(path: str | os.PathLike) -> Path:
+    """A new empty file next to ``path``, named like it (``.STEM.XXXXXXXX.tmp.SUFFIX``), with the
+    permissions any new file gets, to be renamed over ``path`` once complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+    os.close(fd)
+    # mkstemp creates the file 0600; outputs should get the permissions any new file would.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    return Path(tmp)
 
 
 @contextlib.contextmanager
@@ -17,15 +36,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     The temporary name keeps the suffix so that writers choosing a format by extension
     (OpenCV, numpy) still work.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp creates the file 0600; outputs should get the permissions any new file would.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    tmp_path = temp_path_beside(path)
     try:
         yield tmp_path
         os.replace(tmp_path, path)
@@ -57,3 +68,12 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def remove_stale_temp_files(folder: str | os.PathLike) -> int:
+    """Delete the temporary files that writes killed before their rename (kill -9, power loss)
+    left anywhere under ``folder``; returns how many. Only for a folder no other process writes to."""
+    stale = [p for p in Path(folder).rglob(".*") if p.is_file() and _TEMP_NAME.match(p.name)]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)

@@ -52,15 +52,19 @@ def predict_command(
     tta: Optional[str] = typer.Option(None, "--tta", help=TTA_HELP + " Default: flip."),
     extend_range: bool = typer.Option(False, "--extend-range", help="Also estimate at 1/2 and 1/4 scale and merge, so blur beyond 10 px reads up to about 40 px (about 1.3× the compute)."),
     formats: List[str] = typer.Option(["npy", "png"], "--format", help="npy (σ px, float32) and/or png (picture); repeatable."),
+    scale_max: float = typer.Option(10.0, "--scale-max", help="The PNG picture's colour scale runs from 0 to this σ, px."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
 ) -> None:
     """σ maps (Gaussian PSF sigma, px) of images: DIR/NAME.npy and DIR/NAME.png side by side."""
     from rich.table import Table
 
+    from hdme.images import size_text
     from hdme.runtime.predict import DefocusPredictor, predict_files
 
     console = _console()
+    if not scale_max > 0:
+        raise HdmeError("--scale-max must be positive")
     if method == "zhuo-sim":
         from hdme.runtime.classic import ZhuoSimPredictor
 
@@ -83,13 +87,28 @@ def predict_command(
         else:
             typer.secho(f"failed {result.message}", fg=typer.colors.RED, err=True)
 
-    results = predict_files(predictor, inputs, out, formats, on_result=report)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    # Tiles of one huge photo take a minute on a CPU: show them; whole images go by too fast to.
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  console=_console(stderr=True), transient=True) as progress:
+        task = progress.add_task("", visible=False)
+
+        def on_tiles(path, done, total) -> None:
+            progress.update(task, description=f"{path.name}: tiles", completed=done, total=total, visible=total > 1)
+
+        def report_line(result) -> None:
+            progress.update(task, visible=False)
+            report(result)
+
+        results = predict_files(predictor, inputs, out, formats, on_result=report_line, vmax=scale_max,
+                                on_progress=on_tiles if method == "hdme" else None)
     table = Table(title=f"hdme predict → {out}")
     for header in ("input", "H×W", "σ mean px", "σ max px", "ms", "status"):
         table.add_column(header, justify="right" if header in ("σ mean px", "σ max px", "ms") else "left")
     for r in results:
         if r.ok:
-            table.add_row(r.source.name, f"{r.size[0]}x{r.size[1]}", f"{r.sigma_mean:.2f}", f"{r.sigma_max:.2f}", f"{r.ms:.0f}", "ok")
+            table.add_row(r.source.name, size_text(*r.size), f"{r.sigma_mean:.2f}", f"{r.sigma_max:.2f}", f"{r.ms:.0f}", "ok")
         else:
             table.add_row(r.source.name, "–", "–", "–", "–", "[red]failed[/red]")
     console.print(table)

@@ -4,6 +4,9 @@ A reader thread captures and preprocesses into a ring of preallocated input buff
 inference thread runs the backend, and the calling thread postprocesses and feeds the sinks
 (windows must be driven from the main thread on some platforms). Bounded queues between them
 give back-pressure for files (every frame, in order) and keep at most a few frames in flight.
+A live frame is read only once the model is free and its last result has gone to the sinks, so
+it never waits behind older frames: the model works on it while the sinks take the previous
+one, and reading and preprocessing are the only steps not overlapped.
 """
 
 from __future__ import annotations
@@ -81,6 +84,8 @@ class StreamPipeline:
     def __init__(self, source: Source, backend: Backend, sinks: list[Sink] = (), size: tuple[int, int] | None = None,
                  max_frames: int | None = None, queue_depth: int = 2, tta: str = "none",
                  temporal: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None) -> None:
+        if max_frames is not None and max_frames < 1:
+            raise HdmeError(f"max_frames must be at least 1, not {max_frames}")
         self.source, self.backend, self.sinks = source, backend, list(sinks)
         self.temporal = temporal
         self.size, self.max_frames, self.tta = size, max_frames, check_tta(tta)
@@ -130,6 +135,9 @@ class StreamPipeline:
         count = 0
         try:
             while not self._stop.is_set() and (self.max_frames is None or count < self.max_frames):
+                if self.source.live:
+                    self._wait_until_taken(self.q_in)
+                    self._wait_until_taken(self.q_out)
                 t0 = time.perf_counter()
                 frame = self.source.read()
                 if frame is None:
@@ -144,6 +152,15 @@ class StreamPipeline:
             self._error = exc
         self._put(self.q_in, _END)
 
+    def _wait_until_taken(self, q: queue.Queue) -> None:
+        """Wait until every item put into ``q`` has been taken on by the next stage. A live frame
+        is read only when the model and the sinks are free: queued behind busy ones, it would age
+        by one inference or sink call per place in the queues, while the source's latest-frame
+        slot drops what they have no time for."""
+        with q.all_tasks_done:
+            while q.unfinished_tasks and not self._stop.is_set():
+                q.all_tasks_done.wait(0.1)
+
     def _inferer(self) -> None:
         try:
             while True:
@@ -155,6 +172,7 @@ class StreamPipeline:
                 item.ms["infer"] = (time.perf_counter() - t0) * 1e3
                 if not self._put(self.q_out, item):
                     return
+                self.q_in.task_done()  # once it is in the next queue: a frame is always counted somewhere
         except BaseException as exc:
             self._error = exc
         self._put(self.q_out, _END)
@@ -176,6 +194,7 @@ class StreamPipeline:
                 item = self._get(self.q_out)
                 if item is _END:
                     break
+                self.q_out.task_done()
                 t0 = time.perf_counter()
                 sigma = self._postprocess(item)
                 t1 = time.perf_counter()

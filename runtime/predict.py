@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
 
 from hdme.conventions import SIGMA_MAX, output_to_sigma, rescale_sigma, rgb_to_input, save_sigma_map, side_by_side
 from hdme.errors import HdmeError
-from hdme.images import expand_inputs, read_image, write_image
+from hdme.images import expand_inputs, read_image, size_text, write_image
 from hdme.runtime.backends import create_backend
 
 MIN_SIDE = 32
@@ -115,11 +117,11 @@ class Plan:
 
     def describe(self, h: int, w: int) -> str:
         if self.mode == "downscale":
-            text = f"downscaled {w}x{h} to {self.work_hw[1]}x{self.work_hw[0]} (σ rescaled to input px)"
+            text = f"downscaled {size_text(h, w)} to {size_text(*self.work_hw)} (σ rescaled to input px)"
         elif self.mode == "tile":
-            text = f"tiled {w}x{h} into {self.tiles} tiles of {self.work_hw[1]}x{self.work_hw[0]}"
+            text = f"tiled {size_text(h, w)} into {self.tiles} tiles of {size_text(*self.work_hw)}"
         else:
-            text = f"{w}x{h} whole"
+            text = f"{size_text(h, w)} whole"
         return text + (f", mean of {self.views} mirrored views" if self.views > 1 else "")
 
 
@@ -171,8 +173,9 @@ class DefocusPredictor:
         x = pad_to_multiple(rgb_to_input(rgb), self.backend.multiple)
         return output_to_sigma(infer_mirrored(self.backend, x, (h, w), self.tta)[0, 0])
 
-    def predict(self, rgb: np.ndarray) -> np.ndarray:
-        """RGB uint8 H×W×3 (or H×W grey) → float32 σ px, H×W."""
+    def predict(self, rgb: np.ndarray, on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """RGB uint8 H×W×3 (or H×W grey) → float32 σ px, H×W. ``on_progress(done, total)`` is
+        called after each tile (a whole image is one), so callers can show progress on huge photos."""
         rgb = np.asarray(rgb)
         if rgb.ndim == 2:
             rgb = np.repeat(rgb[..., None], 3, axis=2)
@@ -180,9 +183,10 @@ class DefocusPredictor:
             raise HdmeError(f"expected an RGB uint8 image H×W×3, got {rgb.dtype} {rgb.shape}")
         h, w = rgb.shape[:2]
         if min(h, w) < MIN_SIDE:
-            raise HdmeError(f"image is {w}x{h}; the network needs at least {MIN_SIDE} px on a side")
+            raise HdmeError(f"image is {size_text(h, w)}; the network needs at least {MIN_SIDE} px on a side")
         plan = self.last_plan = self.plan(h, w)
-        sigma = self._predict_planned(rgb, plan)
+        report = on_progress or (lambda done, total: None)
+        sigma = self._predict_planned(rgb, plan, report)
         self.last_range_max = SIGMA_MAX
         if not self.extend_range:
             return sigma
@@ -192,26 +196,32 @@ class DefocusPredictor:
             if min(sh, sw) < MIN_SIDE:
                 break
             small = cv2.resize(rgb, (sw, sh), interpolation=cv2.INTER_AREA)
-            coarse[s] = rescale_sigma(self._predict_planned(small, self.plan(sh, sw)), (sh, sw), (h, w))
+            coarse[s] = rescale_sigma(self._predict_planned(small, self.plan(sh, sw), lambda done, total: None),
+                                      (sh, sw), (h, w))
             self.last_range_max = SIGMA_MAX * s
         return merge_scales(sigma, coarse)
 
-    def _predict_planned(self, rgb: np.ndarray, plan: Plan) -> np.ndarray:
+    def _predict_planned(self, rgb: np.ndarray, plan: Plan, report: Callable[[int, int], None]) -> np.ndarray:
         h, w = rgb.shape[:2]
         if plan.mode == "direct":
-            return self._infer(rgb)
+            sigma = self._infer(rgb)
+            report(1, 1)
+            return sigma
         if plan.mode == "downscale":
             wh, ww = plan.work_hw
             small = cv2.resize(rgb, (ww, wh), interpolation=cv2.INTER_AREA)
-            return rescale_sigma(self._infer(small), (wh, ww), (h, w))
+            sigma = rescale_sigma(self._infer(small), (wh, ww), (h, w))
+            report(1, 1)
+            return sigma
         th, tw = plan.work_hw
         total = np.zeros((h, w), np.float32)
         weight = np.zeros((h, w), np.float32)
         window = blend_window(th, tw, self.overlap)
-        for y in tile_starts(h, th, self.overlap):
-            for x in tile_starts(w, tw, self.overlap):
-                total[y:y + th, x:x + tw] += self._infer(rgb[y:y + th, x:x + tw]) * window
-                weight[y:y + th, x:x + tw] += window
+        starts = [(y, x) for y in tile_starts(h, th, self.overlap) for x in tile_starts(w, tw, self.overlap)]
+        for done, (y, x) in enumerate(starts, 1):
+            total[y:y + th, x:x + tw] += self._infer(rgb[y:y + th, x:x + tw]) * window
+            weight[y:y + th, x:x + tw] += window
+            report(done, len(starts))
         return total / weight
 
     def close(self) -> None:
@@ -231,52 +241,85 @@ class PredictResult:
     outputs: tuple[Path, ...] = ()
 
 
-def write_prediction(out_dir: Path, name: str, rgb: np.ndarray, sigma: np.ndarray, formats=FORMATS) -> tuple[Path, ...]:
-    """DIR/NAME.npy (σ px) and DIR/NAME.png (input | colour map | scale bar), each atomically."""
+def write_prediction(out_dir: Path, name: str, rgb: np.ndarray, sigma: np.ndarray, formats=FORMATS,
+                     vmax: float = SIGMA_MAX) -> tuple[Path, ...]:
+    """DIR/NAME.npy (σ px) and DIR/NAME.png (input | colour map on 0–``vmax`` px | scale bar),
+    each atomically."""
     written = []
     if "npy" in formats:
         written.append(save_sigma_map(out_dir / f"{name}.npy", sigma))
     if "png" in formats:
-        picture = side_by_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma)
+        picture = side_by_side(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), sigma, vmax)
         written.append(write_image(out_dir / f"{name}.png", picture, bgr=True))
     return tuple(written)
 
 
-def _output_names(paths: list[Path]) -> list[str]:
-    """Output stems, made unique when inputs from different folders share a name."""
-    seen: dict[str, int] = {}
-    names = []
+def output_names(paths: list[Path]) -> list[str]:
+    """Output stems, one per input and all different: an input whose stem an earlier input took
+    gets STEM_2, STEM_3…, skipping any name another input has as its own stem."""
+    taken = {p.stem for p in paths}
+    names, given = [], set()
     for p in paths:
-        count = seen.get(p.stem, 0)
-        seen[p.stem] = count + 1
-        names.append(p.stem if count == 0 else f"{p.stem}_{count + 1}")
+        name, k = p.stem, 1
+        while name in given or (k > 1 and name in taken):
+            k += 1
+            name = f"{p.stem}_{k}"
+        given.add(name)
+        names.append(name)
     return names
 
 
-def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FORMATS, on_result=None) -> list[PredictResult]:
+def prepare_output_folder(out_dir: Path) -> None:
+    """Create ``out_dir`` or fail in one line when it cannot hold outputs."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise HdmeError(f"{out_dir}: exists and is not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HdmeError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK):
+        raise HdmeError(f"{out_dir}: the output folder is not writable")
+
+
+def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FORMATS, on_result=None,
+                  vmax: float = SIGMA_MAX, on_progress=None) -> list[PredictResult]:
     """Run ``predictor`` (anything with ``.predict(rgb)``) over files and folders; a bad file gets
-    a failed result with one line and the rest still run."""
+    a failed result with one line and the rest still run. Files inside ``out_dir`` are not inputs
+    when a folder is expanded, so rerunning into a subfolder does not take in its own outputs.
+    ``vmax``: the top of the PNG pictures' colour scale (σ px). ``on_progress(path, done, total)``
+    follows the tiles of each image (the predictor's ``predict`` must take ``on_progress``)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise HdmeError(f"unknown output format {bad[0]!r} (choose from {', '.join(FORMATS)})")
-    paths = expand_inputs(inputs)
+    if not vmax > 0:
+        raise HdmeError(f"the colour scale's top must be positive, not {vmax}")
+    out_dir = Path(out_dir)
+    paths = expand_inputs(inputs, exclude=out_dir)
     if not paths:
         raise HdmeError("no input images found")
+    prepare_output_folder(out_dir)
     results = []
-    for path, name in zip(paths, _output_names(paths)):
+    for path, name in zip(paths, output_names(paths)):
         try:
             rgb = read_image(path, min_side=MIN_SIDE)
             start = time.perf_counter()
-            sigma = predictor.predict(rgb)
+            if on_progress is None:
+                sigma = predictor.predict(rgb)
+            else:
+                sigma = predictor.predict(rgb, on_progress=lambda done, total: on_progress(path, done, total))
             ms = (time.perf_counter() - start) * 1e3
-            outputs = write_prediction(out_dir, name, rgb, sigma, formats)
+            try:
+                outputs = write_prediction(out_dir, name, rgb, sigma, formats, vmax)
+            except OSError as exc:
+                raise HdmeError(f"{path}: cannot write its maps to {out_dir} ({exc.strerror or exc})") from None
             plan = getattr(predictor, "last_plan", None)
             h, w = rgb.shape[:2]
             message = plan.describe(h, w) if plan else "one pass"
             result = PredictResult(path, True, message, (h, w), float(sigma.mean()), float(sigma.max()),
                                    saturated_share(sigma, getattr(predictor, "last_range_max", SIGMA_MAX)), ms, outputs)
         except HdmeError as exc:
-            result = PredictResult(path, False, str(exc))
+            message = str(exc)
+            result = PredictResult(path, False, message if message.startswith(str(path)) else f"{path}: {message}")
         results.append(result)
         if on_result:
             on_result(result)

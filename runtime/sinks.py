@@ -5,7 +5,6 @@ from __future__ import annotations
 import abc
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import numpy as np
 
 from hdme.conventions import save_sigma_map, side_by_side
 from hdme.errors import HdmeError
+from hdme.io import temp_path_beside
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 MAP_FORMATS = ("png", "npy")
@@ -72,10 +72,7 @@ class VideoSink(Sink):
             raise HdmeError(f"{self.path}: videos are written as {', '.join(VIDEO_CODECS)}, not '{suffix}'")
         self.fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[suffix])
         self.fps = fps
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=f".tmp{suffix}", dir=self.path.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
+        self.tmp = temp_path_beside(self.path)
         self.writer = None
         self.frames = 0
 

@@ -3,7 +3,8 @@
 Files yield every frame in order. Live sources (cameras, RTSP/HTTP, GStreamer) are read by a
 capture thread that keeps only the latest frame, so a slow consumer never builds up lag: frames
 it could not take in time are dropped and counted. A live source that stops delivering is
-reopened with exponential back-off.
+reopened with exponential back-off, and one that is not up yet when the run starts (a camera
+plugged in later, a server still starting) is waited for the same way.
 """
 
 from __future__ import annotations
@@ -140,9 +141,9 @@ class VideoFileSource(Source):
 
 class LiveSource(Source):
     """A capture thread over any OpenCV-like capture (``read() -> (ok, frame)``, ``release()``)
-    made by ``opener`` (None when it cannot open). Keeps only the latest frame; reconnects
-    with back-off (``backoff`` s doubling up to ``max_backoff``) when reads fail
-    ``fail_reads`` times in a row; gives up after ``max_reconnects`` attempts (None: never)."""
+    made by ``opener`` (None when it cannot open). Keeps only the latest frame; connects, and
+    reconnects when reads fail ``fail_reads`` times in a row, with back-off (``backoff`` s
+    doubling up to ``max_backoff``); gives up after ``max_reconnects`` attempts in a row (None: never)."""
 
     live = True
 
@@ -156,12 +157,9 @@ class LiveSource(Source):
         self.fail_reads = fail_reads
         self.max_reconnects = max_reconnects
         self.reconnects = 0
-        cap = opener()
-        if cap is None:
-            raise HdmeError(f"{description}: cannot open (check the device index, URL or pipeline)")
-        self._cap = cap
-        fps = getattr(cap, "get", lambda _: 0)(cv2.CAP_PROP_FPS)
-        self.fps = fps if fps and fps > 0 else None
+        self._cap = None
+        self._ever_opened = False
+        self._use(opener())
         self._latest: Frame | None = None
         self._captured = 0
         self._ended = False
@@ -170,22 +168,32 @@ class LiveSource(Source):
         self._thread = threading.Thread(target=self._capture_loop, name="hdme-capture", daemon=True)
         self._thread.start()
 
+    def _use(self, cap) -> bool:
+        """Take an opened capture (None: not opened) and the frame rate it reports."""
+        if cap is None:
+            return False
+        self._cap, self._ever_opened = cap, True
+        fps = getattr(cap, "get", lambda _: 0)(cv2.CAP_PROP_FPS)
+        self.fps = fps if fps and fps > 0 else self.fps
+        return True
+
     def _reopen(self) -> bool:
+        first = not self._ever_opened
+        state, retry, done = (("not available yet", "connecting", "connected") if first
+                              else ("lost", "reconnecting", "reconnected"))
         delay = self.backoff
         attempts = 0
         while not self._stop.is_set():
             if self.max_reconnects is not None and attempts >= self.max_reconnects:
-                self.on_message(f"{self.description}: gave up after {attempts} reconnect attempts")
+                self.on_message(f"{self.description}: gave up after {attempts} attempts to connect")
                 return False
             attempts += 1
-            self.on_message(f"{self.description}: lost, reconnecting in {delay:.3g} s (attempt {attempts})")
+            self.on_message(f"{self.description}: {state}, {retry} in {delay:.3g} s (attempt {attempts})")
             if self._stop.wait(delay):
                 return False
-            cap = self.opener()
-            if cap is not None:
-                self._cap = cap
-                self.reconnects += 1
-                self.on_message(f"{self.description}: reconnected")
+            if self._use(self.opener()):
+                self.reconnects += not first
+                self.on_message(f"{self.description}: {done}")
                 return True
             delay = min(delay * 2, self.max_backoff)
         return False
@@ -201,6 +209,8 @@ class LiveSource(Source):
                 self._cond.notify_all()
 
     def _capture_frames(self) -> None:
+        if self._cap is None and not self._reopen():
+            return
         failures = 0
         while not self._stop.is_set():
             ok, image = self._cap.read()
@@ -210,6 +220,7 @@ class LiveSource(Source):
                     self.corrupt += 1
                     continue
                 self._cap.release()
+                self._cap = None
                 failures = 0
                 if not self._reopen():
                     break
@@ -235,16 +246,30 @@ class LiveSource(Source):
             return
         self._stop.set()
         self._thread.join(timeout=5)
-        if not self._thread.is_alive():
+        if not self._thread.is_alive() and self._cap is not None:
             self._cap.release()
         with self._cond:
             self._ended = True
             self._cond.notify_all()
 
 
-def _cv_opener(target, api: int) -> Callable[[], object | None]:
+_ffmpeg_options_lock = threading.Lock()
+
+
+def _cv_opener(target, api: int, ffmpeg_options: str | None = None) -> Callable[[], object | None]:
+    """``ffmpeg_options``: FFmpeg's options for this capture only. OpenCV reads them from the
+    environment when a capture opens, so they are set just for that moment (unless the user set
+    their own): left in place, they would also apply to every video file opened later."""
     def open_capture():
-        cap = cv2.VideoCapture(target, api)
+        with _ffmpeg_options_lock:
+            own = ffmpeg_options is not None and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+            if own:
+                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options
+            try:
+                cap = cv2.VideoCapture(target, api)
+            finally:
+                if own:
+                    del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
         if not cap.isOpened():
             cap.release()
             return None
@@ -271,8 +296,7 @@ def open_source(spec: str, on_message: Callable[[str], None] = print, **live_opt
     if kind == "camera":
         return LiveSource(_cv_opener(int(spec), cv2.CAP_ANY), f"camera {spec}", on_message, **live_options)
     if kind == "url":
-        os.environ.setdefault("OPENCV_FFMPEG_CAPTURE_OPTIONS", FFMPEG_LOW_LATENCY)
-        return LiveSource(_cv_opener(spec, cv2.CAP_FFMPEG), spec, on_message, **live_options)
+        return LiveSource(_cv_opener(spec, cv2.CAP_FFMPEG, FFMPEG_LOW_LATENCY), spec, on_message, **live_options)
     if not re.search(r"GStreamer:\s+YES", cv2.getBuildInformation()):
         raise HdmeError("this OpenCV build has no GStreamer support; install an OpenCV built with GStreamer (JetPack's is)")
     return LiveSource(_cv_opener(gstreamer_pipeline(spec), cv2.CAP_GSTREAMER), "GStreamer pipeline", on_message, **live_options)

@@ -1,6 +1,5 @@
 """Zhuo–Sim baseline: the ratio formula, edges of known blur, whole maps, and its speed (printed)."""
 
-import time
 
 import cv2
 import numpy as np
@@ -104,12 +103,3 @@ def test_max_side_keeps_sigma_in_input_pixels():
     half = ZhuoSimPredictor(max_side=80).predict(img)
     assert half.shape == full.shape
     assert abs(np.median(half) - np.median(full)) <= 0.5
-
-
-def test_speed_at_640x480_is_printed():
-    rng = np.random.default_rng(1)
-    img = cv2.GaussianBlur(cv2.resize(rng.integers(0, 256, (60, 80, 3)).astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST), (0, 0), 1.5)
-    predictor = ZhuoSimPredictor()
-    start = time.perf_counter()
-    predictor.predict(img)
-    print(f"\nZhuo–Sim at 640×480: {(time.perf_counter() - start) * 1e3:.0f} ms")

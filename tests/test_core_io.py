@@ -115,3 +115,81 @@ def test_side_by_side_on_frames_smaller_than_the_bar_labels():
     for h in (1, 20, 63, 64, 300):
         pic = conventions.side_by_side(np.zeros((h, 40, 3), np.uint8), np.zeros((h, 40), np.float32))
         assert pic.shape[0] == h
+
+
+def jpeg_with_orientation(rgb: np.ndarray, orientation: int) -> bytes:
+    """A JPEG of ``rgb`` whose EXIF (APP1) says ``orientation`` (1–8), as cameras write it."""
+    import struct
+
+    jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 98])[1].tobytes()
+    ifd = struct.pack("<H", 1) + struct.pack("<HHIHH", 0x0112, 3, 1, orientation, 0) + struct.pack("<I", 0)
+    body = b"Exif\x00\x00" + b"II*\x00" + struct.pack("<I", 8) + ifd
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + jpeg[2:]
+
+
+# What a viewer shows for each EXIF orientation, from the stored pixels.
+SHOWN = {1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+         5: lambda a: a.transpose(1, 0, 2), 6: lambda a: np.rot90(a, -1), 7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+         8: lambda a: np.rot90(a, 1)}
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_jpeg_exif_orientation_gives_the_layout_viewers_show(tmp_path, orientation):
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:10, :16] = 255  # a white block in the stored top-left corner
+    stored[:, :, 1] = np.linspace(0, 200, 64, dtype=np.uint8)[None, :]
+    (tmp_path / "p.jpg").write_bytes(jpeg_with_orientation(stored, orientation))
+    img = read_image(tmp_path / "p.jpg")
+    expected = SHOWN[orientation](stored)
+    assert img.shape == expected.shape
+    assert np.abs(img.astype(int) - expected).mean() < 4
+
+
+def test_float_tiff_range_ignores_non_finite_pixels_and_all_nan_is_refused(tmp_path):
+    ramp = np.tile(np.linspace(0, 1, 48, dtype=np.float32), (32, 1))
+    cv2.imwrite(str(tmp_path / "clean.tiff"), ramp)
+    dirty = ramp.copy()
+    dirty[5, 7], dirty[6, 8], dirty[7, 9] = np.inf, np.nan, -np.inf
+    cv2.imwrite(str(tmp_path / "dirty.tiff"), dirty)
+    cv2.imwrite(str(tmp_path / "nan.tiff"), np.full((32, 48), np.nan, np.float32))
+    clean, read = read_image(tmp_path / "clean.tiff"), read_image(tmp_path / "dirty.tiff")
+    assert clean.max() == 255
+    mask = np.ones((32, 48), bool)
+    mask[5:8] = False
+    np.testing.assert_array_equal(read[mask], clean[mask])  # one inf does not turn 0–1 into 0–255
+    assert read[5, 7, 0] == 255 and read[6, 8, 0] == 0 and read[7, 9, 0] == 0
+    with pytest.raises(HdmeError, match="no finite pixel values"):
+        read_image(tmp_path / "nan.tiff")
+
+
+def test_native_decoder_messages_become_part_of_the_one_line(tmp_path, capfd):
+    png = bytearray(cv2.imencode(".png", np.zeros((20, 20, 3), np.uint8))[1].tobytes())
+    png[20] ^= 0xFF  # breaks the header's checksum: libpng complains on stderr
+    (tmp_path / "crc.png").write_bytes(bytes(png))
+    with pytest.raises(HdmeError, match=r"crc.png: corrupt or unreadable image \(libpng error: IHDR: CRC error\)"):
+        read_image(tmp_path / "crc.png")
+    assert capfd.readouterr().err == ""
+
+
+def test_listing_skips_hidden_and_temporary_files_and_an_excluded_folder(tmp_path):
+    for rel in ("a.png", ".hidden.png", ".a.k3j4h5g6.tmp.png", ".cache/b.png", "maps/a.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    assert [p.name for p in expand_inputs([tmp_path])] == ["a.png", "a.png"]
+    assert [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path], exclude=tmp_path / "maps")] == ["a.png"]
+
+
+def test_help_shows_flags_without_a_value_and_every_option_explained():
+    import os
+
+    commands = [["run"], ["train"], ["data", "make"], ["export", "onnx"]]
+    code = (f"from hdme.cli import command\nfor args in {commands!r}:\n    print('=' * 20)\n"
+            "    try:\n        command()([*args, '--help'], prog_name='hdme')\n    except SystemExit:\n        pass\n")
+    text = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=dict(os.environ, COLUMNS="200"),
+                          check=True).stdout
+    sections = text.split("=" * 20)[1:]
+    assert len(sections) == len(commands)
+    for cmd, section in zip(commands, sections):
+        rows = [line.strip("│ ").split() for line in section.splitlines() if line.strip("│ ").startswith("--")]
+        assert rows and not any("<bool>" in row for row in rows), (cmd, section)
+        assert all(len(row) > 2 for row in rows), (cmd, [row for row in rows if len(row) <= 2])

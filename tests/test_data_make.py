@@ -116,3 +116,19 @@ def test_an_interrupted_run_resumes_from_its_sample_records(tmp_path, monkeypatc
     manifest = make.make_dataset(make.MakeArgs(**args), progress=False)
     assert manifest["resumed_samples"] == 4 and manifest["splits"] == {"all": 6}
     assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
+
+
+def test_a_killed_runs_empty_temp_file_is_removed_on_resume(tmp_path):
+    from hdme.export.calibration import CalibrationSet
+    from hdme.train import make
+
+    args = dict(out=str(tmp_path / "set"), count=4, size=32, seed=1, flat=True)
+    make.make_dataset(make.MakeArgs(**args), progress=False)
+    # kill -9 between the temp file's creation and its rename: a 0-byte temp file, no rename
+    (tmp_path / "set" / "000002.png").unlink()
+    (tmp_path / "set" / ".000002.x7_k2m9q.tmp.png").write_bytes(b"")
+    manifest = make.make_dataset(make.MakeArgs(**args), progress=False)
+    assert manifest["resumed_samples"] == 3
+    assert sorted(p.name for p in (tmp_path / "set").iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["manifest.json"]
+    calib = CalibrationSet(tmp_path / "set")
+    assert len(calib) == 4 and all(calib.load(i).shape == (3, 256, 256) for i in range(4))

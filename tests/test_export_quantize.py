@@ -256,3 +256,22 @@ def test_onnx_steps_run_without_torch(quantized, calib_dir, tmp_path):
     assert not (tmp_path / "f.fp16.onnx").exists()
     assert json.loads((tmp_path / "m.int8-cpu.json").read_text())["heldout"].startswith("folder")
     assert (tmp_path / "repo" / "m-int8-cpu" / "1" / "model.onnx").is_file()
+
+
+def test_calibration_folder_is_checked_before_the_held_out_set_is_made(tmp_path, monkeypatch):
+    from hdme.errors import HdmeError
+    from hdme.export import calibration, evaluate
+    from runtime_support import tiny_onnx
+
+    made = []
+    monkeypatch.setattr(evaluate, "heldout_set", lambda *a, **k: made.append(1))
+    model = tiny_onnx(tmp_path / "m.onnx")
+    result = CliRunner().invoke(app, ["export", "quantize", str(model), "--precision", "int8", "--calib", str(tmp_path / "none")])
+    assert isinstance(result.exception, HdmeError) and "calibration folder not found" in str(result.exception)
+    assert made == []
+    # The default is the source tree's calib_data/; an installed package has none and says so.
+    assert calibration.default_calibration_folder().name == "calib_data"
+    monkeypatch.setattr(calibration, "__file__", str(tmp_path / "site-packages" / "hdme" / "export" / "calibration.py"))
+    result = CliRunner().invoke(app, ["export", "quantize", str(model), "--precision", "int8"])
+    assert isinstance(result.exception, HdmeError) and "no calibration images" in str(result.exception)
+    assert "--calib DIR" in str(result.exception) and made == []

@@ -51,7 +51,7 @@ def test_downscaling_rescales_sigma_to_input_pixels(models):
     halved = DefocusPredictor(models["const"], max_side=48)
     sigma = halved.predict(rgb)
     assert halved.last_plan.mode == "downscale" and halved.last_plan.work_hw == (32, 48)
-    assert "downscaled 96x64 to 48x32" in halved.last_plan.describe(64, 96)
+    assert "downscaled 64x96 to 32x48" in halved.last_plan.describe(64, 96)  # H×W, as --size takes sizes
     assert sigma.shape == (64, 96)
     np.testing.assert_allclose(sigma, 5.0, atol=1e-3)  # 2.5 px at half size is 5 px at full size
 
@@ -104,6 +104,8 @@ def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
     assert "corrupt.png: corrupt or unreadable image" in text
     assert "unsupported format '.gif'" in text
     assert "5 of 8 images done, 3 failed" in text
+    # one size, one order (H×W) in the line of each image and in the table
+    assert "odd.jpg: 65x77 whole, mean of 2 mirrored views" in text and text.count("65x77") == 2
     assert "Traceback" not in text
     for name, hw in good.items():
         sigma = load_sigma_map(out / f"{name}.npy")
@@ -218,3 +220,111 @@ def test_cli_predict_says_when_the_map_saturates(tmp_path):
     model = tiny_onnx(tmp_path / "d.onnx", constant=0.5)
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o3"), "--model", str(model)])
     assert result.exit_code == 0 and "top of the range" not in result.output
+
+
+def test_inputs_sharing_a_stem_never_overwrite_each_other(models, tmp_path):
+    # d/a/x.jpg and d/b/x.png share a stem; d/b/x_2.png is a real input with the name a suffix would give
+    images = {"a/x.jpg": textured_rgb(48, 64, seed=1), "b/x.png": textured_rgb(48, 64, seed=2),
+              "b/x_2.png": np.full((48, 64, 3), 128, np.uint8)}
+    for rel, rgb in images.items():
+        (tmp_path / "d" / rel).parent.mkdir(parents=True, exist_ok=True)
+        cv2.imwrite(str(tmp_path / "d" / rel), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "d" / "a"), str(tmp_path / "d" / "b"), "--out", str(out),
+                                      "--model", str(models["tiny"]), "--format", "npy", "--tta", "none"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir()) == ["x.npy", "x_2.npy", "x_3.npy"]
+    predictor = DefocusPredictor(models["tiny"], tta="none")
+    from hdme.images import read_image
+
+    for rel, name in (("a/x.jpg", "x"), ("b/x.png", "x_3"), ("b/x_2.png", "x_2")):
+        np.testing.assert_allclose(np.load(out / f"{name}.npy"), predictor.predict(read_image(tmp_path / "d" / rel)), atol=1e-5)
+
+
+def _unwritable(tmp_path):
+    import os
+    from pathlib import Path
+
+    if os.geteuid() == 0:
+        return Path("/sys/hdme-out")  # root may write anywhere but sysfs
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    return locked / "out"
+
+
+def test_unusable_output_folder_is_one_line(models, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 40))
+    (tmp_path / "f").write_text("a file")
+    for out, expected in ((tmp_path / "f", "exists and is not a folder"),
+                          (tmp_path / "f" / "sub", "cannot create the output folder"),
+                          (_unwritable(tmp_path), "cannot create the output folder")):
+        result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(out),
+                                          "--model", str(models["tiny"])])
+        assert isinstance(result.exception, HdmeError), (out, result.exception)
+        assert expected in str(result.exception)
+
+
+def _model(path, input_shape, output_channels):
+    """An ONNX model with the contract's names but the given input shape and output channels."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    in_ch = input_shape[1]
+    weight = numpy_helper.from_array(np.full((output_channels, in_ch, 1, 1), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["sigma"])], "bad",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [input_shape[0], output_channels, *input_shape[2:]])],
+        [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def test_models_breaking_the_contract_are_one_line(tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 48))
+    grey = _model(tmp_path / "grey.onnx", [1, 1, 8, 8], 1)
+    three = _model(tmp_path / "three.onnx", ["N", 3, "H", "W"], 3)
+    for model, expected in ((grey, "'image' is [1,1,8,8], expected [N,3,H,W]"), (three, "'sigma' is [N,3,H,W], expected [N,1,H,W]")):
+        result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"), "--model", str(model)])
+        assert isinstance(result.exception, HdmeError) and expected in str(result.exception), result.exception
+    # A fixed-size model is within the contract, but not for images of another size: each fails in one line.
+    fixed = _model(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
+    cv2.imwrite(str(tmp_path / "b.png"), textured_rgb(64, 64))
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "o"),
+                                      "--model", str(fixed), "--tta", "none"])
+    assert result.exit_code == 1, result.output
+    assert "a.png: fixed.onnx failed on a [1,3,40,48] input" in result.output
+    assert "1 of 2 images done, 1 failed" in result.output
+
+
+def test_rerun_into_a_subfolder_of_the_inputs_ignores_its_own_outputs(models, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    cv2.imwrite(str(photos / "a.png"), textured_rgb(40, 40))
+    for _ in range(2):
+        result = CliRunner().invoke(app, ["predict", str(photos), "--out", str(photos / "maps"), "--model", str(models["tiny"])])
+        assert result.exit_code == 0 and "1 of 1 images done" in result.output, result.output
+    assert sorted(p.name for p in (photos / "maps").iterdir()) == ["a.npy", "a.png"]
+
+
+def test_progress_follows_the_tiles_and_the_png_scale_is_an_option(models, tmp_path):
+    predictor = DefocusPredictor(models["const"], tile=64, overlap=16)
+    calls = []
+    predictor.predict(textured_rgb(96, 160), on_progress=lambda done, total: calls.append((done, total)))
+    assert calls == [(i, 6) for i in range(1, 7)]
+    cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 40))
+    pictures = {}
+    for scale in (None, "5"):
+        out = tmp_path / f"o{scale}"
+        extra = ["--scale-max", scale] if scale else []
+        result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(out), "--model", str(models["const"]), *extra])
+        assert result.exit_code == 0, result.output
+        pictures[scale] = cv2.imread(str(out / "a.png"))
+    from hdme.conventions import colorize
+
+    # σ is 2.5 px everywhere: the map's colour is a quarter up the default scale, half-way up 0–5 px
+    assert np.abs(pictures[None][20, 60].astype(int) - colorize(np.full((1, 1), 2.5))[0, 0]).max() <= 1
+    assert np.abs(pictures["5"][20, 60].astype(int) - colorize(np.full((1, 1), 2.5), 5.0)[0, 0]).max() <= 1

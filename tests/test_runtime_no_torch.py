@@ -50,3 +50,24 @@ def test_runtime_never_imports_torch_on_the_onnx_path(tmp_path):
     """)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     assert (tmp_path / "out" / "a.npy").is_file() and (tmp_path / "o.avi").is_file()
+
+
+def test_commands_of_missing_extras_say_what_to_install(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    # A runtime-only install: neither torch nor onnx can be imported.
+    commands = {
+        "train": ["train", "--out", str(tmp_path / "run"), "--steps", "1"],
+        "export onnx": ["export", "onnx", "--out", str(tmp_path / "m.onnx")],
+        "export quantize": ["export", "quantize", str(model), "--precision", "fp16"],
+    }
+    for label, argv in commands.items():
+        proc = _run(f"""
+            import sys
+            sys.modules["torch"] = sys.modules["onnx"] = None
+            sys.argv = ["hdme", *{argv!r}]
+            from hdme.cli import main
+            main()
+        """)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1, (label, proc.stderr)
+        assert "is not installed; install it with: pip install 'hdme[" in lines[0], (label, lines)

@@ -73,6 +73,21 @@ def test_stream_tta_matches_the_photo_predictor(tmp_path):
     assert not np.allclose(np.load(tmp_path / "none" / "f0.npy"), np.load(tmp_path / "flip4" / "f0.npy"), atol=1e-3)
 
 
+def test_saved_video_gets_normal_permissions_and_max_frames_below_one_is_refused(onnx_path, tmp_path):
+    import os
+
+    video = write_video(tmp_path / "in.avi", frames=2)
+    old = os.umask(0o022)
+    try:
+        with VideoFileSource(video) as src:
+            StreamPipeline(src, create_backend(onnx_path), [VideoSink(tmp_path / "out.avi")]).run()
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.avi").stat().st_mode & 0o777 == 0o644
+    with VideoFileSource(video) as src, pytest.raises(HdmeError, match="at least 1"):
+        StreamPipeline(src, create_backend(onnx_path), max_frames=-1)
+
+
 def test_max_frames_and_truncated_video_end_cleanly(onnx_path, tmp_path):
     video = write_video(tmp_path / "in.avi", frames=20, h=48, w=64)
     data = video.read_bytes()
@@ -190,7 +205,7 @@ def test_live_source_reconnects_with_back_off():
         source.close()
 
 
-def test_live_source_gives_up_after_max_reconnects_and_rejects_unopenable():
+def test_live_source_gives_up_after_max_reconnects():
     counter = [0]
     calls = []
 
@@ -204,8 +219,27 @@ def test_live_source_gives_up_after_max_reconnects_and_rejects_unopenable():
         frames.append(frame)
     assert len(frames) >= 1 and len(calls) == 3
     source.close()
-    with pytest.raises(HdmeError, match="cannot open"):
-        LiveSource(lambda: None, "camera 9", on_message=lambda m: None)
+    never = LiveSource(lambda: None, "camera 9", on_message=lambda m: None, backoff=0.01, max_reconnects=2)
+    assert never.read() is None
+    never.close()
+
+
+def test_live_source_that_is_not_up_yet_is_waited_for():
+    counter = [0]
+    opens, messages = [], []
+
+    def opener():  # a camera or server that comes up on the third try
+        opens.append(1)
+        return FakeCamera(counter) if len(opens) >= 3 else None
+
+    source = LiveSource(opener, "late camera", on_message=messages.append, backoff=0.02, max_backoff=0.1)
+    try:
+        frame = source.read()
+        assert frame is not None and frame.index == 0 and len(opens) == 3
+        assert messages[0] == "late camera: not available yet, connecting in 0.02 s (attempt 1)"
+        assert messages[-1] == "late camera: connected" and source.reconnects == 0
+    finally:
+        source.close()
 
 
 def test_live_source_through_the_pipeline_drops_instead_of_lagging(onnx_path):
@@ -220,6 +254,46 @@ def test_live_source_through_the_pipeline_drops_instead_of_lagging(onnx_path):
     stats = StreamPipeline(source, create_backend(onnx_path), [Slow()], size=(32, 32), max_frames=10).run()
     assert stats.frames == 10 and stats.dropped > 10
     assert max(stats.stage_ms["end-to-end"]) < 500
+
+
+class _SlowSink(Sink):
+    def write(self, frame_bgr, sigma, name):
+        time.sleep(0.04)
+        return True
+
+
+class _InFlight(Sink):
+    """Records, at each frame it gets, how many frames the pipeline has read but not yet delivered."""
+
+    def __init__(self, source) -> None:
+        self.source, self.written, self.in_flight = source, 0, []
+
+    def write(self, frame_bgr, sigma, name):
+        self.written += 1
+        self.in_flight.append(self.source.reads - self.written)
+        return True
+
+
+@pytest.mark.parametrize("busy", ["model", "sinks"])
+def test_live_frames_do_not_queue_behind_a_busy_model_or_busy_sinks(onnx_path, busy):
+    class CountedLiveSource(LiveSource):
+        reads = 0
+
+        def read(self):
+            frame = super().read()
+            self.reads += 1
+            return frame
+
+    counter = [0]
+    source = CountedLiveSource(lambda: FakeCamera(counter, period=0.001), "fake camera", on_message=lambda m: None)
+    probe = _InFlight(source)
+    # Frames enlarged for the model so that inference, not the camera, sets the pace; or slow sinks.
+    size, sinks = ((480, 640), [probe]) if busy == "model" else ((32, 32), [probe, _SlowSink()])
+    StreamPipeline(source, create_backend(onnx_path), sinks, size=size, max_frames=12).run()
+    # Read while the model or the sinks are busy, frames would queue up (up to six here) and each
+    # would wait for all ahead of it; read when they are free, the sinks hold one frame and the
+    # model the next.
+    assert max(probe.in_flight) <= 1, probe.in_flight
 
 
 def test_classify_sources(tmp_path):
@@ -261,3 +335,55 @@ def test_display_without_a_desktop_is_one_line(monkeypatch):
         pytest.skip("the display check applies to Linux desktops")
     with pytest.raises(HdmeError, match="--display needs a desktop session"):
         DisplaySink()
+
+
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", ["rtsp", "camera"])
+def test_run_waits_for_a_source_that_is_not_up_and_native_libraries_stay_quiet(onnx_path, kind):
+    import signal
+    import subprocess
+    import sys
+
+    source = f"rtsp://127.0.0.1:{_free_loopback_port()}/late" if kind == "rtsp" else "97"
+    code = f"import sys; sys.argv = ['hdme', 'run', {source!r}, '--model', {str(onnx_path)!r}]; from hdme.cli import main; main()"
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # also under a background job
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+    reader.start()
+    try:
+        deadline = time.time() + 60  # starting up takes long on a loaded machine
+        while len(lines) < 2 and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.1)  # two attempts: it waits with back-off instead of giving up
+        still_waiting = proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        reader.join(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = "".join(lines)
+    assert still_waiting, err
+    lines = err.strip().splitlines()
+    assert lines and all(line.startswith(f"{'camera ' if kind == 'camera' else ''}{source}: not available yet, connecting in")
+                         for line in lines), err
+
+
+def test_stream_options_do_not_leak_into_video_files_opened_later(onnx_path, tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENCV_FFMPEG_CAPTURE_OPTIONS", raising=False)
+    stream = open_source(f"rtsp://127.0.0.1:{_free_loopback_port()}/x", on_message=lambda m: None,
+                         backoff=0.01, max_reconnects=1)
+    assert stream.read() is None  # nothing listens: one attempt, then it gives up
+    stream.close()
+    # FFmpeg's low-delay stream flags, left in the environment, made a file lose frames
+    assert "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in __import__("os").environ
+    video = write_video(tmp_path / "in.mp4", frames=20, h=64, w=80)
+    with VideoFileSource(video) as src:
+        assert sum(1 for _ in iter(src.read, None)) == 20

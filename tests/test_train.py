@@ -123,6 +123,24 @@ def test_time_budget_stops_cleanly(tmp_path):
     assert torch.load(run / "last.ckpt", weights_only=True)["step"] == 1
 
 
+def test_a_killed_run_resumes_from_a_checkpoint_taken_on_wall_time(tmp_path, monkeypatch):
+    real_batch_at = train_data.SyntheticBatches.batch_at
+
+    def killed_at_step_6(self, step):
+        if step == 6:
+            raise KeyboardInterrupt
+        return real_batch_at(self, step)
+
+    monkeypatch.setattr(train_data.SyntheticBatches, "batch_at", killed_at_step_6)
+    # Far fewer steps than the step interval: only the wall-time interval (here under a step) checkpoints.
+    options = TINY | dict(steps=200, ckpt_every=500, val_every=500, ckpt_minutes=1e-6)
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(out=str(tmp_path / "run"), **options))
+    assert torch.load(tmp_path / "run" / "last.ckpt", weights_only=True)["step"] == 6
+    with pytest.raises(HdmeError, match="ckpt-minutes"):
+        train(TrainConfig(out=str(tmp_path / "bad"), steps=1, ckpt_minutes=0, **TINY))
+
+
 def test_fit_minutes_ends_the_schedule_on_time(tmp_path, monkeypatch):
     from hdme.train.trainer import Trainer
 

@@ -61,7 +61,8 @@ def train_command(
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors), e.g. to fine-tune."),
     val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every K steps."),
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every K steps."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", help="Also checkpoint after M minutes of wall time since the last one."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initial weights, the synthetic stream and the batch order."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16, else fp16) on CUDA; default on there."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     workers: Optional[int] = typer.Option(None, "--workers", help="Processes drawing the synthetic stream's scenes ahead of the steps (rendering runs on the training device) or loading --data; 0 draws in the training process."),
@@ -79,7 +80,7 @@ def train_command(
     flags = {
         "model": model, "out": out, "data": data, "steps": steps, "epochs": epochs, "batch": batch, "size": size,
         "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "val_every": val_every,
-        "ckpt_every": ckpt_every, "seed": seed, "amp": amp, "workers": workers, "max_minutes": max_minutes,
+        "ckpt_every": ckpt_every, "ckpt_minutes": ckpt_minutes, "seed": seed, "amp": amp, "workers": workers, "max_minutes": max_minutes,
         "fit_minutes": fit_minutes, "ema_decay": ema_decay,
     }
     values.update({k: str(v) if isinstance(v, Path) else v for k, v in flags.items() if v is not None})
@@ -110,7 +111,7 @@ def data_make(
     shuffle: Optional[str] = typer.Option(None, "--shuffle", help="full, rowcol or none (default: the recipe's)."),
     save_sharp: bool = typer.Option(False, "--save-sharp", help="Also write the all-in-focus image of every sample."),
     flat: bool = typer.Option(False, "--flat", help="Only the blurred images, straight into OUT (a calibration set)."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the whole set: the same seed gives the same files."),
     workers: int = typer.Option(1, "--workers", help="Parallel processes."),
 ) -> None:
     """Write a synthetic dataset: OUT/{train,val,test}/{image,defocus[,sharp]}/NAME.png + manifest.json."""

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDa
 
 from hdme.conventions import load_sigma_map
 from hdme.errors import HdmeError
-from hdme.images import list_images, read_image
+from hdme.images import list_images, read_image, size_text
 from hdme.metrics import map_metrics, mean_metrics
 
 VAL_SEED = 20240601  # the fixed validation split never depends on the run's seed
@@ -228,7 +228,7 @@ class PairDataset(Dataset):
         image = read_image(img_path)
         sigma = load_sigma_map(map_path)
         if sigma.shape != image.shape[:2]:
-            raise HdmeError(f"{map_path}: map is {sigma.shape[1]}x{sigma.shape[0]}, image is {image.shape[1]}x{image.shape[0]}")
+            raise HdmeError(f"{map_path}: map is {size_text(*sigma.shape[:2])}, image is {size_text(*image.shape[:2])}")
         rng = np.random.default_rng(_mix(self.seed, self.epoch, index))
         s = self.size
         pad_h, pad_w = max(0, s - image.shape[0]), max(0, s - image.shape[1])

@@ -65,6 +65,7 @@ class TrainConfig:
     val_count: int = 64
     val_size: int | None = None  # None = size
     ckpt_every: int = 500
+    ckpt_minutes: float = 5.0  # also checkpoint after this much wall time, so a killed run loses minutes at most
     log_every: int = 20
     max_minutes: float | None = None
     # End the run, learning-rate schedule included, when its wall time reaches this: the step total
@@ -97,7 +98,7 @@ class TrainConfig:
             raise HdmeError("--fit-minutes must be positive and needs --steps (the most the run may take)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise HdmeError("--ema-decay must be within [0, 1)")
-        for name in ("batch", "size", "val_every", "ckpt_every", "log_every"):
+        for name in ("batch", "size", "val_every", "ckpt_every", "log_every", "ckpt_minutes"):
             if getattr(self, name) <= 0:
                 raise HdmeError(f"--{name.replace('_', '-')} must be positive")
 
@@ -324,6 +325,7 @@ class Trainer:
         losses, window_start, fresh_start = [], time.monotonic(), self.batches.fresh_samples
         fit_since: tuple[int, float] | None = None  # speed is measured from the end of the first window on
         end_cost = 0.0  # seconds of the last validation and checkpoint, kept free at the end of a fitted run
+        last_ckpt = time.monotonic()
         try:
             while self.step < self.total:
                 losses.append(self.train_step())
@@ -347,12 +349,16 @@ class Trainer:
                     if d.main:
                         self.log.say(f"time budget of {config.max_minutes} min reached at step {self.step}")
                     break
-                if self.step < self.total and (self.step % config.val_every == 0 or self.step % config.ckpt_every == 0):
+                # Wall time is compared at log steps only: agreeing on it costs every rank a sync.
+                ckpt_due = self.step % config.ckpt_every == 0 or (self.step % config.log_every == 0 and d.any(
+                    time.monotonic() - last_ckpt >= 60.0 * config.ckpt_minutes))
+                if self.step < self.total and (self.step % config.val_every == 0 or ckpt_due):
                     started = time.monotonic()
                     if self.step % config.val_every == 0:
                         self.validate()
-                    if self.step % config.ckpt_every == 0:
+                    if ckpt_due:
                         self.checkpoint()
+                        last_ckpt = time.monotonic()
                     window_start = time.monotonic()  # keep validation and checkpoints out of img/s
                     fresh_start, self.data_wait = self.batches.fresh_samples, 0.0
                     end_cost = max(end_cost, window_start - started)

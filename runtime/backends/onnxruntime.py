@@ -88,6 +88,12 @@ class OnnxRuntimeBackend(Backend):
             raise HdmeError(
                 f"{self.model_path}: expected input '{INPUT_NAME}' and output '{OUTPUT_NAME}', found {names_in} → {names_out}"
             )
+        shape_in = self.session.get_inputs()[0].shape
+        shape_out = next(o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME)
+        for name, shape, channels in ((INPUT_NAME, shape_in, 3), (OUTPUT_NAME, shape_out, 1)):
+            # Named dimensions (N, H, W) are free; a fixed one must be what the contract says.
+            if len(shape) != 4 or (shape[1] not in (channels, None) and not isinstance(shape[1], str)):
+                raise HdmeError(f"{self.model_path}: '{name}' is {_shape_text(shape)}, expected [N,{channels},H,W]")
         self.provider = provider
         self.device = "cpu" if provider == "cpu" else f"cuda:{device_id}"
         self.device_id = device_id
@@ -126,14 +132,27 @@ class OnnxRuntimeBackend(Backend):
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x)
         if self._binding is None:
-            return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            return self._checked(lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
         return self.infer_timed(x)[0]
+
+    def _checked(self, run, x: np.ndarray) -> np.ndarray:
+        """``run()``'s output, or one line when the model rejects the input (a fixed size other
+        than the frame's) or answers with something other than one σ channel of the input's size."""
+        try:
+            y = run()
+        except Exception as exc:  # ORT's own exception types (InvalidArgument, Fail…) share no base
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise HdmeError(f"{self.model_path.name} failed on a {_shape_text(x.shape)} input ({first[:200]})") from None
+        if y.ndim != 4 or y.shape[0] != x.shape[0] or y.shape[1] != 1 or y.shape[2:] != x.shape[2:]:
+            raise HdmeError(f"{self.model_path.name}: output '{OUTPUT_NAME}' is {_shape_text(y.shape)} for an input "
+                            f"of {_shape_text(x.shape)}; expected one σ channel of the input's size")
+        return y
 
     def infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, InferTimes]:
         x = check_input(x)
         if self._binding is None:
             start = time.perf_counter()
-            out = self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+            out = self._checked(lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
             return out, InferTimes(None, (time.perf_counter() - start) * 1e3, None)
         # On a GPU, IO binding keeps the output on the device until asked for, which both avoids
         # an extra copy and lets each transfer be timed on its own.
@@ -154,3 +173,7 @@ class OnnxRuntimeBackend(Backend):
     def close(self) -> None:
         self._binding = None
         self.session = None
+
+
+def _shape_text(shape) -> str:
+    return "[" + ",".join(str(d) if d is not None else "?" for d in shape) + "]"
