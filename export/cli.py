@@ -30,7 +30,8 @@ def onnx_command(
 ) -> None:
     """PyTorch → ONNX (input 'image' [N,3,H,W] RGB 0..1, output 'sigma' [N,1,H,W] σ/10), checked,
     simplified and compared with PyTorch; nothing is written when the parity check fails."""
-    from hdme.export.onnx import export_onnx, parse_size
+    from hdme.contract import parse_size
+    from hdme.export.onnx import export_onnx
 
     result = export_onnx(model, out, opset=opset, dynamic=dynamic, size=parse_size(size) if size else None, batch=batch, untrained=untrained)
     typer.echo(f"wrote {result.path}")
@@ -144,8 +145,9 @@ def check_command(
     atol: float = typer.Option(0.01, "--atol", help="Largest allowed per-pixel difference in σ px."),
 ) -> None:
     """Compare two models' outputs per pixel in σ px (mean, median, p90, p99, max); exit 1 above --atol."""
-    from hdme.export.check import ERROR_STATS, compare_models
-    from hdme.export.onnx import parse_size
+    from hdme.contract import parse_size
+    from hdme.metrics import ERROR_STATS
+    from hdme.runtime.compare import compare_models
 
     result = compare_models(model_a, model_b, images, parse_size(size), count)
     typer.echo(f"A: {result['a']}\nB: {result['b']}\n{result['inputs']} inputs of {result['size']}")

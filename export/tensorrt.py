@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdme.cuda import cuda_runtime
 from hdme.errors import HdmeError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -96,18 +97,6 @@ def build_mode(onnx_precision: str, requested: str | None, trt_major: int) -> tu
     return requested, "flags"
 
 
-def cuda_runtime():
-    """The CUDA runtime bindings of cuda-python."""
-    from hdme.errors import require
-
-    # cuda-python ≥ 12.6 moved the runtime bindings to cuda.bindings; older releases have cuda.cudart.
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        cudart = require("cuda.cudart", "trt")
-    return cudart
-
-
 def gpu_info() -> tuple[str, str]:
     """(name, compute capability 'major.minor') of CUDA device 0."""
     err, props = cuda_runtime().cudaGetDeviceProperties(0)
@@ -157,7 +146,7 @@ def build_engine(
     from hdme.errors import require
     from hdme.export.onnx import input_dims, load_onnx, metadata, network_multiple
     from hdme.export.onnx import precision as onnx_precision
-    from hdme.export.sidecar import file_sha256, write_sidecar
+    from hdme.sidecar import file_sha256, write_sidecar
     from hdme.io import atomic_path, write_bytes
 
     console = Console(stderr=True)

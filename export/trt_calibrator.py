@@ -13,7 +13,7 @@ import numpy as np
 import tensorrt as trt
 
 from hdme.export.calibration import CalibrationSet, read_calibration_cache, write_calibration_cache
-from hdme.export.tensorrt import cuda_runtime
+from hdme.cuda import cuda_runtime
 
 cudart = cuda_runtime()
 

@@ -32,16 +32,6 @@ def rgb_to_input(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
-PRECISION_TAGS = ("int8-cpu", "int8", "fp16", "bf16")
-
-
-def precision_from_name(path: str | os.PathLike) -> str:
-    """Exported models carry their precision in the name: NAME.fp16.onnx, NAME.int8.onnx (TensorRT
-    Q/DQ), NAME.int8-cpu.onnx (ONNX Runtime on CPUs), NAME.fp16.engine; anything else is fp32."""
-    parts = Path(path).name.lower().split(".")[1:-1]
-    return next((tag for tag in PRECISION_TAGS if tag in parts), "fp32")
-
-
 def sigma_to_output(sigma: np.ndarray) -> np.ndarray:
     return np.asarray(sigma, dtype=np.float32) / SIGMA_SCALE
 

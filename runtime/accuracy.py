@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from hdme import __version__
-from hdme.conventions import SIGMA_MAX, precision_from_name
+from hdme.conventions import SIGMA_MAX
 from hdme.datasets import Sample, load_dataset
 from hdme.errors import HdmeError
 from hdme.metrics import blur_detection_metrics, map_metrics, mean_metrics, rtf_metrics
@@ -110,7 +110,7 @@ def methods_for(
             for model in models:
                 for backend in backends:
                     for tta in ttas:
-                        out.append(Method("hdme", model, backend, precision_from_name(model) if model else "fp32",
+                        out.append(Method("hdme", model, backend, "fp32",
                                           _builder("hdme", model, backend, max_side, tta), tta))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")

@@ -215,7 +215,7 @@ def bench_latency_command(
 @bench_app.command("accuracy")
 def bench_accuracy_command(
     datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="synthetic[:N] | rtf | cuhk | dut | DIR, each with an optional :N limit; repeatable (default: synthetic and every real set found)."),
-    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the name (.fp16, .int8, .int8-cpu)."),
+    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the model's own metadata."),
     engines: Optional[List[Path]] = typer.Option(None, "--engine", help="TensorRT engines; repeatable (same as --model FILE.engine)."),
     backends: Optional[List[str]] = typer.Option(None, "--backend", help=BACKEND_HELP + " Repeatable."),
     methods: Optional[List[str]] = typer.Option(None, "--method", help="hdme | zhuo-sim; repeatable (default: both)."),

@@ -12,7 +12,7 @@ from hdme.export.calibration import (
     read_calibration_cache,
     write_calibration_cache,
 )
-from hdme.export.sidecar import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
+from hdme.sidecar import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
 from hdme.export.tensorrt import Profile, build_mode, parse_shapes, validate_profile
 
 needs_tensorrt = pytest.mark.skipif(
@@ -136,7 +136,7 @@ def test_calibration_cache_is_bound_to_its_set(tmp_path):
 
 @needs_tensorrt
 def test_build_fp32_engine_and_sidecar(tmp_path, tiny_export):
-    from hdme.export.sidecar import file_sha256
+    from hdme.sidecar import file_sha256
     from hdme.export.tensorrt import build_engine
 
     _, result, _ = tiny_export

@@ -11,7 +11,6 @@ import pytest
 from hdme.errors import HdmeError
 from hdme.runtime.backends import available_backends, create_backend, resolve_model
 from hdme.runtime.backends.buffers import grown_capacity, nbytes
-from hdme.conventions import precision_from_name
 from hdme.runtime.backends.tensorrt import SystemInfo, check_sidecar, fit_profile, sidecar_mismatches
 from runtime_support import tiny_onnx
 
@@ -70,10 +69,7 @@ def test_bad_models_give_one_line(tmp_path, make, backend, pattern):
     assert "\n" not in str(err.value)
 
 
-def test_precision_of_files(onnx_path):
-    assert precision_from_name(onnx_path) == "fp32"
-    assert precision_from_name(onnx_path.with_name("hdme-edge.int8-cpu.onnx")) == "int8-cpu"
-    assert precision_from_name(onnx_path.with_name("hdme-edge.fp16.onnx")) == "fp16"
+def test_precision_asked_of_a_file_must_be_its_own(onnx_path):
     with pytest.raises(HdmeError, match="is a fp32 model"):
         create_backend(onnx_path, "onnxruntime", precision="int8")
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+from hdme.contract import PRECISIONS
 
 
 @dataclass

@@ -95,7 +95,7 @@ class CudaPythonApi(CudaApi):
     supports_graphs = True
 
     def __init__(self, device_id: int = 0) -> None:
-        from hdme.export.tensorrt import cuda_runtime  # handles cuda-python's module move at 12.6
+        from hdme.cuda import cuda_runtime  # handles cuda-python's module move at 12.6
 
         self.rt = cuda_runtime()
         self.device_id = device_id

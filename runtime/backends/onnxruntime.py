@@ -9,9 +9,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hdme.conventions import precision_from_name
+from hdme.contract import INPUT_NAME, OUTPUT_NAME, model_precision
 from hdme.errors import HdmeError
-from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
 
 # Short names users type → ONNX Runtime provider names, fastest first.
@@ -91,7 +90,7 @@ class OnnxRuntimeBackend(Backend):
         self.provider = provider
         self.device = "cpu" if provider == "cpu" else f"cuda:{device_id}"
         self.device_id = device_id
-        self.precision = precision or ("int8" if int8 else "fp16" if fp16 else precision_from_name(self.model_path))
+        self.precision = precision or ("int8" if int8 else "fp16" if fp16 else model_precision(self.model_path))
         meta = self.session.get_modelmeta().custom_metadata_map
         self.multiple = int(meta.get("multiple", 1))
         self._binding = self.session.io_binding() if provider != "cpu" else None
