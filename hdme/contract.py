@@ -19,9 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from hdme.conventions import SIGMA_SCALE
 from hdme.errors import HdmeError
 
+SIGMA_SCALE = 10.0  # network output × SIGMA_SCALE = σ px
 INPUT_NAME = "image"
 OUTPUT_NAME = "sigma"
 INPUT_DOC = "float32 [N,3,H,W] RGB in [0,1] (8-bit value / 255), any H and W"

@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hdme.contract import SIGMA_SCALE
 from hdme.errors import HdmeError
 from hdme.io import atomic_path
 
 SIGMA_MAX = 10.0  # px; the range every model is trained on
-SIGMA_SCALE = 10.0  # network output × SIGMA_SCALE = σ px
 PNG_SCALE = 1000.0  # 16-bit PNG value = round(PNG_SCALE · σ)
 COLORMAP = cv2.COLORMAP_INFERNO
 

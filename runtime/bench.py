@@ -18,10 +18,11 @@ from typing import Callable
 import numpy as np
 
 from hdme import __version__
+from hdme.contract import artifact_kind
 from hdme.conventions import output_to_sigma
 from hdme.errors import HdmeError
 from hdme.io import atomic_path, write_json, write_text
-from hdme.runtime.backends import FILE_BACKENDS, available_backends, create_backend
+from hdme.runtime.backends import BACKEND_NAMES, ENGINES, create_backend, shipped_artifacts
 from hdme.conventions import rgb_to_input
 from hdme.runtime.predict import pad_to_multiple
 from hdme.runtime.stats import UNSTABLE_CV, is_unstable, latency_stats
@@ -188,22 +189,28 @@ def measure_stream(backend, size: tuple[int, int], frames: int = 60) -> dict:
 
 
 def _configs(models, backends, precisions) -> list[tuple[str | None, str, str | None]]:
-    from hdme.weights import DEFAULT_MODEL, find_weights
+    from hdme.weights import DEFAULT_MODEL
 
+    unknown = [b for b in backends or [] if b not in BACKEND_NAMES[1:]]
+    if unknown:
+        raise HdmeError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKEND_NAMES[1:])})")
     out = []
     for model in models or [None]:
-        suffix = Path(str(model)).suffix.lower() if model else ""
-        if suffix in FILE_BACKENDS:
-            names = [FILE_BACKENDS[suffix]] if not backends else [b for b in backends if b == FILE_BACKENDS[suffix]]
-        else:
-            names = backends or [b for b in available_backends() if b != "tensorrt"]
-        for name in names:
-            precs = precisions
-            if not precs:
+        kind = artifact_kind(model) if model else None
+        shipped = {} if kind is not None else shipped_artifacts(model or DEFAULT_MODEL)
+        shipped_int8 = kind is None and "onnx" in shipped_artifacts(model or DEFAULT_MODEL, "int8")
+        for engine in ENGINES:
+            runs = kind.name in engine.runs if kind is not None else bool(shipped.keys() & set(engine.runs))
+            # An engine asked for is tried even where it cannot run, so that the table says why.
+            if engine.name not in backends if backends else not (runs and engine.installed()):
+                continue
+            if precisions:
+                precs = precisions
+            elif kind is not None:  # a model file runs at the precision it records
                 precs = [None]
-                if name == "onnxruntime" and not suffix and "int8-cpu" in find_weights(model or DEFAULT_MODEL):
-                    precs = [None, "int8"]
-            out.extend((model, name, p) for p in precs)
+            else:
+                precs = [*engine.precisions(), *(["int8"] if shipped_int8 and "onnx" in engine.runs else [])]
+            out.extend((model, engine.name, p) for p in precs)
     return out
 
 

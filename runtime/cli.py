@@ -1,7 +1,7 @@
 """CLI of the runtime stage: ``hdme predict``, ``hdme run`` and the ``hdme bench`` group.
 
-Only typer and the core are imported here; backends, OpenCV pipelines and benchmarks are
-imported inside each command so that ``hdme --help`` stays fast and torch-free.
+Only typer, the core and the engine registry are imported here; engines, OpenCV pipelines and
+benchmarks are imported inside each command so that ``hdme --help`` stays fast and torch-free.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from hdme.errors import HdmeError
+from hdme.runtime.backends import BACKEND_NAMES, ENGINES
 
 bench_app = typer.Typer(
     name="bench",
@@ -20,7 +21,7 @@ bench_app = typer.Typer(
 )
 
 MODEL_HELP = "Shipped model name, .safetensors, .onnx or .engine (default: the shipped hdme-edge)."
-BACKEND_HELP = "auto | onnxruntime | tensorrt | torch."
+BACKEND_HELP = " | ".join(BACKEND_NAMES) + " (auto: the fastest engine installed here, and it says why)."
 TTA_HELP = "σ averaged over mirrored views: none (1 pass) | flip (left-right, 2 passes) | flip4 (4 passes)."
 
 
@@ -35,9 +36,15 @@ def _console(stderr: bool = False):
 
 def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:
     """Keyword arguments of create_backend for the common options."""
-    if provider and backend not in ("auto", "onnxruntime"):
-        raise HdmeError("--provider applies to the onnxruntime backend only")
+    takes_provider = [e.name for e in ENGINES if "provider" in e.options]
+    if provider and backend not in ("auto", *takes_provider):
+        raise HdmeError(f"--provider applies to the {' and '.join(takes_provider)} backend only")
     return {"threads": threads, **({"provider": provider} if provider else {})}
+
+
+def _engine_options(provider: Optional[str], threads: int) -> dict[str, dict]:
+    """create_backend keyword arguments per engine: --threads for all, --provider where taken."""
+    return {e.name: _backend_options(e.name, provider if "provider" in e.options else None, threads) for e in ENGINES}
 
 
 def predict_command(
@@ -120,7 +127,7 @@ def run_command(
     if engine is not None:
         if model is not None:
             raise HdmeError("give either --model or --engine, not both")
-        model, backend = str(engine), "tensorrt" if backend == "auto" else backend
+        model = str(engine)
     console = _console()
     work_size, tta = parse_size(size), check_tta(tta)
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
@@ -168,7 +175,7 @@ def _print_run_summary(console, stats) -> None:
 @bench_app.command("latency")
 def bench_latency_command(
     models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable."),
-    backends: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime | tensorrt | torch; repeatable (default: all available)."),
+    backends: Optional[List[str]] = typer.Option(None, "--backend", help=" | ".join(BACKEND_NAMES[1:]) + "; repeatable (default: all installed)."),
     precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable."),
     sizes: Optional[List[str]] = typer.Option(None, "--size", help="HxW; repeatable (default 256x256, 480x640, 720x1280)."),
     batches: List[int] = typer.Option([1], "--batch", help="Batch size; repeatable."),
@@ -195,7 +202,7 @@ def bench_latency_command(
         models=models or None, backends=backends or None, precisions=precisions or None,
         sizes=[parse_size(s) for s in sizes] if sizes else DEFAULT_SIZES, batches=batches,
         warmup=warmup, iters=iters, duration=duration, stream=stream,
-        backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads), "torch": {"threads": threads}},
+        backend_options=_engine_options(provider, threads),
         on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
     console.print(table.to_rich(LATENCY_SCREEN_COLUMNS))

@@ -170,3 +170,22 @@ def test_onnxruntime_provider_chains(onnx_path, tmp_path):
             create_backend(onnx_path, provider="cuda")
     with pytest.raises(HdmeError, match="unknown graph optimisation level"):
         create_backend(onnx_path, graph_optimization="max")
+
+
+def test_registry_matches_the_contract_and_the_engine_classes():
+    from hdme.contract import ARTIFACT_KINDS
+    from hdme.runtime.backends import ENGINES
+
+    kinds = {kind.name for kind in ARTIFACT_KINDS}
+    assert {k for engine in ENGINES for k in engine.runs} <= kinds
+    for engine in ENGINES:
+        if engine.installed():
+            assert engine.backend_class().name == engine.name
+            assert set(engine.precisions()) <= {"fp32", "fp16", "bf16", "int8"}
+
+
+def test_auto_passes_engine_options_only_to_an_engine_that_takes_them(onnx_path):
+    name, _, why = resolve_model(onnx_path, "auto", options={"provider": "cpu"})
+    assert name == "onnxruntime" and ".onnx file" in why
+    with create_backend(onnx_path, provider="cpu", graph_optimization="basic") as backend:
+        assert backend.name == "onnxruntime" and backend.provider == "cpu"

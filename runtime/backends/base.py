@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from hdme.contract import PRECISIONS
+from hdme.errors import HdmeError
 
 
 @dataclass
@@ -44,6 +45,16 @@ class Backend(abc.ABC):
 
     def __init__(self, model_path: Path | str) -> None:
         self.model_path = Path(model_path)
+
+    @classmethod
+    def load(cls, model_path: Path | str, precision: str | None = None, threads: int = 0, **options) -> "Backend":
+        """The engine loaded with ``model_path`` at ``precision`` (None: the model's own) using
+        ``threads`` CPU threads (0: the engine's default). Engines that run a model only at the
+        precision its file records, and use no CPU threads of their own, keep this."""
+        engine = cls(model_path, **options)
+        if precision not in (None, engine.precision):
+            raise HdmeError(f"{model_path} is a {engine.precision} model; {cls.name} runs a model at its file's precision, not {precision}")
+        return engine
 
     @abc.abstractmethod
     def infer(self, x: np.ndarray) -> np.ndarray:

@@ -119,6 +119,12 @@ class OnnxRuntimeBackend(Backend):
         chain.append(PROVIDERS["cpu"])
         return chain
 
+    @classmethod
+    def load(cls, model_path: Path | str, precision: str | None = None, threads: int = 0, **options) -> "OnnxRuntimeBackend":
+        if precision in ("fp16", "int8") and options.get("provider") == "tensorrt":
+            options.setdefault(precision, True)
+        return super().load(model_path, precision, intra_op_threads=threads, **options)
+
     def describe(self) -> str:
         return f"{self.name} [{PROVIDERS[self.provider]}, {self.precision}] {self.model_path.name}"
 
