@@ -1,4 +1,4 @@
-"""CLI of the export stage: ``hdme export onnx|quantize|trt|triton|check``.
+"""CLI of the export stage: ``hdme export onnx|quantize|trt|openvino|triton|check``.
 
 Only typer and the core are imported here; torch, onnx and TensorRT inside each command."""
 
@@ -13,7 +13,7 @@ from hdme.weights import DEFAULT_MODEL
 
 export_app = typer.Typer(
     name="export",
-    help="Export: ONNX, FP16/INT8 quantisation, TensorRT engines, Triton repositories, output comparison.",
+    help="Export: ONNX, FP16/INT8 quantisation, TensorRT engines, OpenVINO IR, Triton repositories, output comparison.",
     no_args_is_help=True,
 )
 
@@ -119,6 +119,29 @@ def trt_command(
 
     info = build_engine(onnx_file, out, precision, shapes, workspace, timing_cache, calib, calib_cache)
     typer.echo(f"wrote {out} ({info['precision']}, TensorRT {info['tensorrt_version']}, {info['gpu_name']})")
+
+
+@export_app.command("openvino")
+def openvino_command(
+    model: str = typer.Argument(DEFAULT_MODEL, help="FP32 .onnx file or shipped model name."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights stored in float16) | int8 (NNCF, calibrated on --calib)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output .xml, .bin beside it (default NAME[.PRECISION].openvino.xml beside the ONNX; here for a shipped model)."),
+    calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
+) -> None:
+    """ONNX → OpenVINO IR for x86 CPUs, its precision and the ONNX's metadata in the IR's rt_info;
+    prints its difference from the ONNX in σ px."""
+    from hdme.export.calibration import CalibrationSet
+    from hdme.export.openvino import CHECK_IMAGES, default_output, export_openvino, source_onnx
+    from hdme.metrics import ERROR_STATS
+
+    src = source_onnx(model)
+    out = out or default_output(src, precision, src.parent if Path(model).suffix else Path.cwd())
+    calib_set = CalibrationSet(calib, count=calib_count) if precision == "int8" or calib.is_dir() else None
+    stats = export_openvino(src, out, precision, calib_set)
+    typer.echo(f"wrote {out} and {out.with_suffix('.bin').name} ({precision})")
+    on = f"{min(CHECK_IMAGES, len(calib_set))} calibration images" if calib_set is not None else "seeded noise"
+    typer.echo(f"against {src.name} on {on}: " + "  ".join(f"{k} {stats[k]:.4f} px" for k in ERROR_STATS))
 
 
 @export_app.command("triton")

@@ -99,12 +99,17 @@ LATENCY_SCREEN_COLUMNS = [
 
 def _host_meta() -> dict:
     import os
+    from importlib.metadata import PackageNotFoundError, version
 
-    import onnxruntime
-
+    engines = {}
+    for engine in ENGINES:
+        try:
+            engines[engine.name] = version(engine.requires[0])
+        except PackageNotFoundError:
+            pass
     return {
         "hdme": __version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), **engines,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 

@@ -230,12 +230,13 @@ def bench_accuracy_command(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
     ttas: Optional[List[str]] = typer.Option(None, "--tta", help=TTA_HELP + " Repeatable (default: flip, as hdme predict)."),
+    precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable (default: each model's own)."),
 ) -> None:
     """Accuracy of models × backends × precisions and the Zhuo–Sim baseline, in one table."""
     from hdme.runtime.accuracy import bench_accuracy
 
     bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
-                   json_path, markdown_path, max_side, ttas or [])
+                   json_path, markdown_path, max_side, ttas or [], precisions or [])
 
 
 @bench_app.command("report")

@@ -9,16 +9,23 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from hdme.contract import artifact_kind, model_precision
 from hdme.conventions import rgb_to_input
 from hdme.errors import HdmeError
 from hdme.images import fit_to_size, list_images, read_image
 from hdme.metrics import error_stats
-from hdme.runtime.backends import create_backend
+from hdme.runtime.backends import ENGINES, create_backend
 
 
 def open_model(model: str | os.PathLike) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """A model argument → (label, infer) with infer(float32 [B,3,H,W]) → σ/10 [B,1,H,W]."""
-    backend = create_backend(str(model), backend="auto")
+    """A model argument → (label, infer) with infer(float32 [B,3,H,W]) → σ/10 [B,1,H,W].
+
+    A comparison is of files, not of engines' defaults: a file runs on the first engine of the
+    registry that runs its kind, an FP32 one at fp32 (not at an engine's faster default)."""
+    kind = artifact_kind(model)
+    engine = next((e.name for e in ENGINES if kind.name in e.runs), "auto") if kind else "auto"
+    own = model_precision(model) if kind and Path(model).is_file() else "fp32"
+    backend = create_backend(str(model), engine, "fp32" if own == "fp32" else None)
     return f"{Path(str(model)).name} ({backend.name})", backend.infer
 
 

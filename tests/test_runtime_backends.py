@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
 
 import numpy as np
 import onnxruntime as ort
@@ -40,10 +41,12 @@ def test_backend_rejects_wrong_input_layout(onnx_path):
 
 
 def test_auto_picks_engine_by_file_and_says_so(onnx_path, tmp_path):
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    expected = "openvino" if x86 and importlib.util.find_spec("openvino") else "onnxruntime"
     backend = create_backend(onnx_path)
-    assert backend.name == "onnxruntime"
+    assert backend.name == expected
     assert backend.selection.startswith("auto:") and "tiny.onnx" in backend.selection
-    assert resolve_model(onnx_path)[:2] == ("onnxruntime", str(onnx_path))
+    assert resolve_model(onnx_path)[:2] == (expected, str(onnx_path))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     assert resolve_model(engine)[0] == "tensorrt"
@@ -55,10 +58,10 @@ def test_auto_picks_engine_by_file_and_says_so(onnx_path, tmp_path):
     "make, backend, pattern",
     [
         (lambda d: d / "missing.onnx", "auto", "no such model file"),
-        (lambda d: (d / "junk.onnx").write_bytes(b"\x00not onnx at all") and d / "junk.onnx", "auto", "not a loadable ONNX model"),
+        (lambda d: (d / "junk.onnx").write_bytes(b"\x00not onnx at all") and d / "junk.onnx", "onnxruntime", "not a loadable ONNX model"),
         (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "auto", "not a model file"),
         (lambda d: d, "auto", "not a model file"),
-        (lambda d: tiny_onnx(d / "t.onnx"), "torch", "runs on the onnxruntime backend, not torch"),
+        (lambda d: tiny_onnx(d / "t.onnx"), "torch", "runs on the onnxruntime or openvino backend, not torch"),
         (lambda d: tiny_onnx(d / "t.onnx"), "tensorflow", "unknown backend"),
         (lambda d: "no-such-shipped-model", "auto", "no shipped model named"),
     ],

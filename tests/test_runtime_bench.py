@@ -29,7 +29,7 @@ def test_bench_latency_cli_writes_json_markdown_and_plot(tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     out = {k: tmp_path / f"lat.{k}" for k in ("json", "md", "png")}
     result = CliRunner().invoke(app, [
-        "bench", "latency", "--model", str(model), "--size", "32x48", "--size", "64x64", "--batch", "1", "--batch", "2",
+        "bench", "latency", "--model", str(model), "--backend", "onnxruntime", "--size", "32x48", "--size", "64x64", "--batch", "1", "--batch", "2",
         "--warmup", "1", "--iters", "4", "--stream", "--json", str(out["json"]), "--markdown", str(out["md"]),
         "--plot", str(out["png"]),
     ])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import logging
+import platform
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -43,6 +44,18 @@ def _ort_on_gpu() -> str | None:
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         return "NVIDIA GPU: ONNX Runtime runs it with CUDA"
     return None
+
+
+def _x86_cpu() -> str | None:
+    if platform.machine().lower() in ("x86_64", "amd64", "i686", "x86"):
+        return "x86 CPU: OpenVINO is the fastest CPU engine installed"
+    return None
+
+
+def _openvino_precisions() -> tuple[str, ...]:
+    from hdme.runtime.backends.openvino import cpu_precisions
+
+    return cpu_precisions()
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,9 @@ ENGINES = (
            preferred=_ort_on_gpu,
            options=frozenset({"provider", "inter_op_threads", "graph_optimization", "fp16", "int8", "cache_dir", "device_id"}),
            hint="export one with: hdme export onnx"),
+    Engine("openvino", "hdme.runtime.backends.openvino", "OpenVINOBackend", ("onnx", "openvino-ir"), ("openvino",),
+           "openvino", preferred=_x86_cpu, options=frozenset({"device"}), precisions=_openvino_precisions,
+           hint="export an IR with: hdme export openvino MODEL"),
     Engine("torch", "hdme.runtime.backends.torch", "TorchBackend", ("safetensors",), ("torch",), "train",
            options=frozenset({"device", "cuda_graphs"})),
 )
