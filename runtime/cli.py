@@ -186,6 +186,7 @@ def bench_latency_command(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the results as a Markdown table."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of latency vs resolution."),
     stream: bool = typer.Option(False, "--stream", help="Also measure the streaming pipeline's FPS on a generated video."),
+    in_turn: bool = typer.Option(False, "--in-turn", help="Load every configuration and time them in turn, one run each, round after round: ratios that hold on a machine whose load changes."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
 ) -> None:
@@ -201,7 +202,7 @@ def bench_latency_command(
     table = bench_latency(
         models=models or None, backends=backends or None, precisions=precisions or None,
         sizes=[parse_size(s) for s in sizes] if sizes else DEFAULT_SIZES, batches=batches,
-        warmup=warmup, iters=iters, duration=duration, stream=stream,
+        warmup=warmup, iters=iters, duration=duration, stream=stream, in_turn=in_turn,
         backend_options=_engine_options(provider, threads),
         on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
