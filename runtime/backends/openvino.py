@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,8 @@ class OpenVINOBackend(Backend):
         self._dynamic = self._compile(model)
         self._static: OrderedDict[tuple[int, ...], object] = OrderedDict()
         self._seen: set[tuple[int, ...]] = set()
+        self._compiling: dict[tuple[int, ...], Future] = {}
+        self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdme-openvino-compile")
         self.device = device.lower()
         self.compute_precision = compute
         self.multiple = int(model_metadata(self.model_path).get("multiple", 1))
@@ -110,23 +113,29 @@ class OpenVINOBackend(Backend):
         return compiled.create_infer_request(), compiled.output(OUTPUT_NAME)
 
     def _request_for(self, shape: tuple[int, ...]):
-        """The model compiled for ``shape`` once that shape comes a second time, else the dynamic one.
+        """The model compiled for ``shape`` once it is ready, else the dynamic one.
 
         A model compiled for one shape ran hdme-edge at 480×640 about 1.8× faster than the dynamic
-        one, and compiling it takes about half a second: worth it for a stream, not for a folder of
-        photos of as many sizes."""
+        one. Compiling it takes half a second to seconds, so it starts when a shape comes a second
+        time (a stream, not a folder of photos of as many sizes) and runs beside inference: a live
+        stream must not stall on it."""
         if shape in self._static:
             self._static.move_to_end(shape)
             return self._static[shape]
-        if shape not in self._seen:
+        pending = self._compiling.get(shape)
+        if pending is None:
+            if shape in self._seen:
+                model = self._model.clone()
+                model.reshape({INPUT_NAME: list(shape)})
+                self._compiling[shape] = self._compiler.submit(self._compile, model)
             self._seen.add(shape)
-            return self._dynamic
-        model = self._model.clone()
-        model.reshape({INPUT_NAME: list(shape)})
-        self._static[shape] = self._compile(model)
-        if len(self._static) > STATIC_SHAPES:
-            self._static.popitem(last=False)
-        return self._static[shape]
+        elif pending.done():
+            del self._compiling[shape]
+            self._static[shape] = pending.result()
+            if len(self._static) > STATIC_SHAPES:
+                self._static.popitem(last=False)
+            return self._static[shape]
+        return self._dynamic
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x)
@@ -135,5 +144,7 @@ class OpenVINOBackend(Backend):
         return request.infer({INPUT_NAME: x}, share_inputs=True)[output].copy()
 
     def close(self) -> None:
+        self._compiler.shutdown(wait=True, cancel_futures=True)
+        self._compiling.clear()
         self._static.clear()
         self._dynamic = self._model = None
