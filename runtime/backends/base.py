@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 
-from hdme.contract import PRECISIONS
 from hdme.errors import HdmeError
 
 
