@@ -9,12 +9,11 @@ import os
 from pathlib import Path
 from typing import Iterator
 
-import cv2
 import numpy as np
 
 from hdme.conventions import rgb_to_input
 from hdme.errors import HdmeError
-from hdme.images import list_images, read_image
+from hdme.images import fit_to_size, list_images, read_image
 from hdme.io import write_bytes
 
 CALIB_SIZE = (256, 256)  # H, W: the size of the COCO_shuffle crops in calib_data/
@@ -28,21 +27,6 @@ def default_calibration_folder() -> Path:
         raise HdmeError("this installation has no calibration images (calib_data/ is in the source tree, "
                         "or make a set with: hdme data make DIR --count 120 --flat)")
     return folder
-
-
-def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Centre-crop to ``size`` (H, W); resize only images too small to crop.
-
-    Cropping keeps the pixel statistics of the shuffled crops: resampling a shuffled image would
-    blur it, and the activation ranges calibrated on it would not be those the network sees."""
-    h, w = size
-    ih, iw = rgb.shape[:2]
-    if ih < h or iw < w:
-        scale = max(h / ih, w / iw)
-        rgb = cv2.resize(rgb, (max(w, round(iw * scale)), max(h, round(ih * scale))), interpolation=cv2.INTER_LINEAR)
-        ih, iw = rgb.shape[:2]
-    top, left = (ih - h) // 2, (iw - w) // 2
-    return rgb[top : top + h, left : left + w]
 
 
 class CalibrationSet:

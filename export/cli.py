@@ -1,4 +1,4 @@
-"""CLI of the export stage: ``hdme export onnx|quantize|trt|triton|check``.
+"""CLI of the export stage: ``hdme export onnx|quantize|trt|openvino|triton|check``.
 
 Only typer and the core are imported here; torch, onnx and TensorRT inside each command."""
 
@@ -14,7 +14,7 @@ from hdme.weights import DEFAULT_MODEL
 
 export_app = typer.Typer(
     name="export",
-    help="Export: ONNX, FP16/INT8 quantisation, TensorRT engines, Triton repositories, output comparison.",
+    help="Export: ONNX, FP16/INT8 quantisation, TensorRT engines, OpenVINO IR, Triton repositories, output comparison.",
     no_args_is_help=True,
 )
 
@@ -31,7 +31,8 @@ def onnx_command(
 ) -> None:
     """PyTorch → ONNX (input 'image' [N,3,H,W] RGB 0..1, output 'sigma' [N,1,H,W] σ/10), checked,
     simplified and compared with PyTorch; nothing is written when the parity check fails."""
-    from hdme.export.onnx import export_onnx, parse_size
+    from hdme.contract import parse_size
+    from hdme.export.onnx import export_onnx
 
     result = export_onnx(model, out, opset=opset, dynamic=dynamic, size=parse_size(size) if size else None, batch=batch, untrained=untrained)
     typer.echo(f"wrote {result.path}")
@@ -128,6 +129,29 @@ def trt_command(
     typer.echo(f"wrote {out} ({info['precision']}, TensorRT {info['tensorrt_version']}, {info['gpu_name']})")
 
 
+@export_app.command("openvino")
+def openvino_command(
+    model: str = typer.Argument(DEFAULT_MODEL, help="FP32 .onnx file or shipped model name."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights stored in float16) | int8 (NNCF, calibrated on --calib)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output .xml, .bin beside it (default NAME[.PRECISION].openvino.xml beside the ONNX; here for a shipped model)."),
+    calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
+    calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
+) -> None:
+    """ONNX → OpenVINO IR for x86 CPUs, its precision and the ONNX's metadata in the IR's rt_info;
+    prints its difference from the ONNX in σ px."""
+    from hdme.export.calibration import CalibrationSet
+    from hdme.export.openvino import CHECK_IMAGES, default_output, export_openvino, source_onnx
+    from hdme.metrics import ERROR_STATS
+
+    src = source_onnx(model)
+    out = out or default_output(src, precision, src.parent if Path(model).suffix else Path.cwd())
+    calib_set = CalibrationSet(calib, count=calib_count) if precision == "int8" or calib.is_dir() else None
+    stats = export_openvino(src, out, precision, calib_set)
+    typer.echo(f"wrote {out} and {out.with_suffix('.bin').name} ({precision})")
+    on = f"{min(CHECK_IMAGES, len(calib_set))} calibration images" if calib_set is not None else "seeded noise"
+    typer.echo(f"against {src.name} on {on}: " + "  ".join(f"{k} {stats[k]:.4f} px" for k in ERROR_STATS))
+
+
 @export_app.command("triton")
 def triton_command(
     model: Path = typer.Option(..., "--model", help=".onnx or .engine file."),
@@ -152,8 +176,9 @@ def check_command(
     atol: float = typer.Option(0.01, "--atol", help="Largest allowed per-pixel difference in σ px."),
 ) -> None:
     """Compare two models' outputs per pixel in σ px (mean, median, p90, p99, max); exit 1 above --atol."""
-    from hdme.export.check import ERROR_STATS, compare_models
-    from hdme.export.onnx import parse_size
+    from hdme.contract import parse_size
+    from hdme.metrics import ERROR_STATS
+    from hdme.runtime.compare import compare_models
 
     result = compare_models(model_a, model_b, images, parse_size(size), count)
     typer.echo(f"A: {result['a']}\nB: {result['b']}\n{result['inputs']} inputs of {result['size']}")

@@ -79,7 +79,7 @@ def predict(path: str | os.PathLike, heldout: HeldOut) -> list[np.ndarray]:
 def accuracy_table(reference: str | os.PathLike, candidates: dict[str, str | os.PathLike], heldout: HeldOut) -> list[dict]:
     """One row for the FP32 reference and one per candidate: MAE (σ/10) and δ1 against the truth,
     the MAE increase over the reference, mean and max per-pixel difference from it in σ px."""
-    from hdme.export.check import error_stats
+    from hdme.metrics import error_stats
 
     ref_out = predict(reference, heldout)
     rows = []

@@ -10,30 +10,15 @@ from pathlib import Path
 
 import numpy as np
 
+from hdme.contract import INPUT_DOC, INPUT_NAME, OUTPUT_DOC, OUTPUT_NAME
 from hdme.conventions import SIGMA_SCALE
 from hdme.errors import HdmeError
 from hdme.io import atomic_path
 
-INPUT_NAME = "image"
-OUTPUT_NAME = "sigma"
 DEFAULT_OPSET = 17
 # Per-channel Q/DQ needs opset 13; the TorchScript-based exporter (see export_onnx) stops at 20.
 OPSET_RANGE = (13, 20)
 PARITY_ATOL_PX = 0.01  # the most an FP32 export may differ from PyTorch, in σ px
-INPUT_DOC = "float32 [N,3,H,W] RGB in [0,1] (8-bit value / 255), any H and W"
-OUTPUT_DOC = f"float32 [N,1,H,W] sigma / {SIGMA_SCALE:g}, clamped to [0,1]; sigma = Gaussian PSF std in px"
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'HxW' → (H, W)."""
-    parts = text.lower().replace("×", "x").split("x")
-    try:
-        h, w = (int(p) for p in parts)
-    except ValueError:
-        raise HdmeError(f"size '{text}': expected HxW, e.g. 480x640") from None
-    if h < 1 or w < 1:
-        raise HdmeError(f"size '{text}': sides must be positive")
-    return h, w
 
 
 def check_multiple(h: int, w: int, multiple: int, what: str) -> None:
@@ -147,7 +132,7 @@ def export_onnx(
     import torch
 
     from hdme import __version__
-    from hdme.export.check import error_stats
+    from hdme.metrics import error_stats
 
     net = model if isinstance(model, torch.nn.Module) else _load_torch_model(model, untrained)
     net = net.eval()

@@ -242,7 +242,7 @@ def _quantize_ort(src: Path, out: Path, calib, method: str, target: str, exclude
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from hdme.export.calibration import ort_calibration_reader
-    from hdme.export.onnx import INPUT_NAME
+    from hdme.contract import INPUT_NAME
 
     calibrate_method = {
         "max": CalibrationMethod.MinMax,

@@ -98,22 +98,10 @@ def build_mode(onnx_precision: str, requested: str | None, trt_major: int) -> tu
     return requested, "flags"
 
 
-def cuda_runtime():
-    """The CUDA runtime bindings of cuda-python."""
-    from hdme.errors import require
-
-    # cuda-python ≥ 12.6 moved the runtime bindings to cuda.bindings; older releases have cuda.cudart.
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        cudart = require("cuda.cudart", "trt")
-    return cudart
-
-
 def gpu_info(device_id: int = 0) -> tuple[str, str]:
     """(name, compute capability 'major.minor') of a CUDA device, through whichever CUDA library
     the runtime's buffers use here, so that an engine's sidecar names the GPU as the runtime sees it."""
-    from hdme.runtime.backends.buffers import open_cuda_api
+    from hdme.cuda import open_cuda_api
 
     api = open_cuda_api(device_id)
     try:
@@ -191,7 +179,7 @@ def build_engine(
     from hdme.errors import require
     from hdme.export.onnx import input_dims, load_onnx, metadata, network_multiple
     from hdme.export.onnx import precision as onnx_precision
-    from hdme.export.sidecar import file_sha256, write_sidecar
+    from hdme.sidecar import file_sha256, write_sidecar
     from hdme.io import atomic_path, write_bytes
 
     console = Console(stderr=True)

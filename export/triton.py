@@ -28,7 +28,7 @@ def _source_shape(model: Path) -> tuple[str, str, int | None, list[int | None], 
         n, c, h, w = input_dims(load_onnx(model))
         return "onnxruntime_onnx", "model.onnx", n, [c, h, w], None
     if suffix in (".engine", ".plan"):
-        from hdme.export.sidecar import read_sidecar
+        from hdme.sidecar import read_sidecar
 
         profile = read_sidecar(model)["profile"]
         lo, hi = profile["min"], profile["max"]

@@ -14,7 +14,7 @@ import tensorrt as trt
 
 from hdme.errors import HdmeError
 from hdme.export.calibration import CalibrationSet, read_calibration_cache, write_calibration_cache
-from hdme.runtime.backends.buffers import nbytes, open_cuda_api
+from hdme.cuda import nbytes, open_cuda_api
 
 if not hasattr(trt, "IInt8EntropyCalibrator2"):
     raise HdmeError(

@@ -15,11 +15,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from hdme.contract import SIGMA_SCALE
 from hdme.errors import HdmeError
 from hdme.io import atomic_path
 
 SIGMA_MAX = 10.0  # px; the range every model is trained on
-SIGMA_SCALE = 10.0  # network output × SIGMA_SCALE = σ px
 # Where accuracy is reported and balanced: edges of the true-σ bins, px (the last bin is open-ended).
 SIGMA_BIN_EDGES = (0.0, 1.0, 3.0, 5.0, 7.0, 10.0)
 PNG_SCALE = 1000.0  # 16-bit PNG value = round(PNG_SCALE · σ)
@@ -32,16 +32,6 @@ def rgb_to_input(rgb: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         out = np.empty((1, 3, *rgb.shape[:2]), np.float32)
     np.multiply(rgb.transpose(2, 0, 1), np.float32(1.0 / 255.0), out=out[0], casting="unsafe")
     return out
-
-
-PRECISION_TAGS = ("int8-cpu", "int8", "fp16", "bf16")
-
-
-def precision_from_name(path: str | os.PathLike) -> str:
-    """Exported models carry their precision in the name: NAME.fp16.onnx, NAME.int8.onnx (TensorRT
-    Q/DQ), NAME.int8-cpu.onnx (ONNX Runtime on CPUs), NAME.fp16.engine; anything else is fp32."""
-    parts = Path(path).name.lower().split(".")[1:-1]
-    return next((tag for tag in PRECISION_TAGS if tag in parts), "fp32")
 
 
 def sigma_to_output(sigma: np.ndarray) -> np.ndarray:

@@ -135,3 +135,18 @@ def write_image(path: str | os.PathLike, img_rgb_or_bgr: np.ndarray, bgr: bool =
         if not cv2.imwrite(str(tmp), img):
             raise HdmeError(f"{path}: OpenCV could not write this image format")
     return path
+
+
+def fit_to_size(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Centre-crop to ``size`` (H, W); resize only images too small to crop.
+
+    Cropping keeps the pixel statistics of the shuffled crops: resampling a shuffled image would
+    blur it, and the activation ranges calibrated on it would not be those the network sees."""
+    h, w = size
+    ih, iw = rgb.shape[:2]
+    if ih < h or iw < w:
+        scale = max(h / ih, w / iw)
+        rgb = cv2.resize(rgb, (max(w, round(iw * scale)), max(h, round(ih * scale))), interpolation=cv2.INTER_LINEAR)
+        ih, iw = rgb.shape[:2]
+    top, left = (ih - h) // 2, (iw - w) // 2
+    return rgb[top : top + h, left : left + w]

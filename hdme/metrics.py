@@ -11,12 +11,14 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from hdme.conventions import SIGMA_SCALE
+from hdme.conventions import SIGMA_SCALE, output_to_sigma
+from hdme.errors import HdmeError
 
 RATIO_MIN_SIGMA = 0.5  # px
 RTF_SIGMA_MAX = 3.275  # px; the RTF (DMENet) protocol clips and normalises by this
 F_BETA2 = 0.3
 MAP_METRICS = ("mse", "mae", "rmse", "abs_rel", "sq_rel", "rmse_log", "d1", "d2", "d3")
+ERROR_STATS = ("mean", "median", "p90", "p99", "max")
 
 
 def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -127,3 +129,17 @@ def mean_metrics(rows: Iterable[Mapping[str, float]]) -> dict[str, float]:
         vals = np.array([r[k] for r in rows if k in r], dtype=np.float64)
         out[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan")
     return out
+
+
+def error_stats(out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
+    """Absolute per-pixel difference in σ px between two network outputs (σ/10)."""
+    if out_a.shape != out_b.shape:
+        raise HdmeError(f"outputs differ in shape: {out_a.shape} vs {out_b.shape}")
+    err = np.abs(output_to_sigma(out_a).astype(np.float64) - output_to_sigma(out_b))
+    return {
+        "mean": float(err.mean()),
+        "median": float(np.median(err)),
+        "p90": float(np.percentile(err, 90)),
+        "p99": float(np.percentile(err, 99)),
+        "max": float(err.max()),
+    }

@@ -28,7 +28,7 @@ import cv2
 import numpy as np
 
 from hdme import __version__
-from hdme.conventions import SIGMA_MAX, precision_from_name
+from hdme.conventions import SIGMA_MAX
 from hdme.datasets import Sample, load_dataset
 from hdme.errors import HdmeError
 from hdme.metrics import blur_detection_metrics, map_metrics, mean_metrics, rtf_metrics
@@ -94,9 +94,10 @@ def methods_for(
     methods: Iterable[str],
     max_side: int | None = None,
     ttas: Iterable[str] = (),
+    precisions: Iterable[str] = (),
 ) -> list[Method]:
-    """The rows to evaluate: each model × backend × test-time augmentation for ``hdme``, one row for
-    ``zhuo-sim``."""
+    """The rows to evaluate: each model × backend × precision × test-time augmentation for ``hdme``
+    (precision: the model's own where none is given), one row for ``zhuo-sim``."""
     from hdme.runtime.predict import DEFAULT_TTA, check_tta
 
     out: list[Method] = []
@@ -109,19 +110,21 @@ def methods_for(
         elif method == "hdme":
             for model in models:
                 for backend in backends:
-                    for tta in ttas:
-                        out.append(Method("hdme", model, backend, precision_from_name(model) if model else "fp32",
-                                          _builder("hdme", model, backend, max_side, tta), tta))
+                    for precision in list(dict.fromkeys(precisions)) or [None]:
+                        for tta in ttas:
+                            out.append(Method("hdme", model, backend, precision or "fp32",
+                                              _builder("hdme", model, backend, max_side, tta, precision), tta))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
     return out
 
 
-def _builder(method: str, model: str | None, backend: str, max_side: int | None, tta: str | None = None) -> Callable[[], SigmaPredictor]:
+def _builder(method: str, model: str | None, backend: str, max_side: int | None, tta: str | None = None,
+             precision: str | None = None) -> Callable[[], SigmaPredictor]:
     def build() -> SigmaPredictor:
         from hdme.runtime.classic import predictor_for
 
-        return predictor_for(method, model, backend, max_side, tta=tta)
+        return predictor_for(method, model, backend, max_side, tta=tta, precision=precision)
 
     return build
 
@@ -545,6 +548,7 @@ def bench_accuracy(
     markdown_path: Path | None,
     max_side: int | None,
     ttas: list[str] = (),
+    precisions: list[str] = (),
 ) -> dict:
     """``hdme bench accuracy``: evaluate, print the table, write the JSON and Markdown files."""
     from rich.console import Console
@@ -552,7 +556,7 @@ def bench_accuracy(
     from hdme.io import write_json, write_text
 
     console = Console(stderr=True)
-    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas)
+    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions)
     results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow", markup=False))
     if not results["runs"]:
         raise HdmeError("nothing was evaluated: no dataset or no model could be loaded (see the lines above)")

@@ -18,10 +18,11 @@ from typing import Callable
 import numpy as np
 
 from hdme import __version__
+from hdme.contract import artifact_kind
 from hdme.conventions import output_to_sigma
 from hdme.errors import HdmeError
 from hdme.io import atomic_path, write_json, write_text
-from hdme.runtime.backends import FILE_BACKENDS, available_backends, create_backend
+from hdme.runtime.backends import BACKEND_NAMES, ENGINES, create_backend, shipped_artifacts
 from hdme.conventions import rgb_to_input
 from hdme.runtime.predict import pad_to_multiple
 from hdme.runtime.stats import UNSTABLE_CV, is_unstable, latency_stats
@@ -98,12 +99,17 @@ LATENCY_SCREEN_COLUMNS = [
 
 def _host_meta() -> dict:
     import os
+    from importlib.metadata import PackageNotFoundError, version
 
-    import onnxruntime
-
+    engines = {}
+    for engine in ENGINES:
+        try:
+            engines[engine.name] = version(engine.requires[0])
+        except PackageNotFoundError:
+            pass
     return {
         "hdme": __version__, "host": platform.node(), "cpu": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "python": platform.python_version(), "onnxruntime": onnxruntime.__version__,
+        "cpu_count": os.cpu_count(), "python": platform.python_version(), **engines,
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
 
@@ -111,13 +117,21 @@ def _host_meta() -> dict:
 def measure(backend, size: tuple[int, int], batch: int = 1, warmup: int = 5, iters: int | None = None,
             duration: float | None = None, seed: int = 0) -> dict[str, list[float]]:
     """Per-stage milliseconds of ``iters`` runs (or as many as fit in ``duration`` s) after warm-up."""
+    return measure_in_turn([backend], size, batch, warmup, iters, duration, seed)[0]
+
+
+def measure_in_turn(backends: list, size: tuple[int, int], batch: int = 1, warmup: int = 5, iters: int | None = None,
+                    duration: float | None = None, seed: int = 0) -> list[dict[str, list[float]]]:
+    """``measure`` for several backends at once: one run of each in turn, round after round, so that
+    on a machine whose load changes all of them meet the same load and their ratios hold.
+    ``duration``: seconds per backend."""
     h, w = size
     rng = np.random.default_rng(seed)
     frames = rng.integers(0, 256, (batch, h, w, 3), dtype=np.uint8)
     x_buf = np.empty((batch, 3, h, w), np.float32)
-    samples: dict[str, list[float]] = {s: [] for s in LATENCY_STAGES}
+    samples: list[dict[str, list[float]]] = [{s: [] for s in LATENCY_STAGES} for _ in backends]
 
-    def once(record: bool) -> None:
+    def once(backend, record: dict[str, list[float]] | None) -> None:
         t0 = time.perf_counter()
         for i in range(batch):
             rgb_to_input(frames[i], x_buf[i:i + 1])
@@ -127,23 +141,26 @@ def measure(backend, size: tuple[int, int], batch: int = 1, warmup: int = 5, ite
         t2 = time.perf_counter()
         output_to_sigma(y[:, 0, :h, :w])
         t3 = time.perf_counter()
-        if record:
+        if record is not None:
             for stage, ms in (("preprocess", (t1 - t0) * 1e3), ("h2d", times.h2d), ("compute", times.compute),
                               ("d2h", times.d2h), ("postprocess", (t3 - t2) * 1e3), ("end-to-end", (t3 - t0) * 1e3)):
                 if ms is not None:
-                    samples[stage].append(ms)
+                    record[stage].append(ms)
 
     def loop() -> None:
         for _ in range(warmup):
-            once(False)
-        end = time.perf_counter() + (duration if duration is not None else 3.0 if iters is None else 0.0)
+            for backend in backends:
+                once(backend, None)
+        seconds = duration if duration is not None else 3.0 if iters is None else 0.0
+        end = time.perf_counter() + seconds * len(backends)
         n = 0
         while (iters is not None and n < iters) or (iters is None and (n < 3 or time.perf_counter() < end)):
-            once(True)
+            for backend, record in zip(backends, samples):
+                once(backend, record)
             n += 1
 
     on_worker_thread(loop)
-    return {s: v for s, v in samples.items() if v}
+    return [{s: v for s, v in record.items() if v} for record in samples]
 
 
 def on_worker_thread(fn: Callable[[], None]) -> None:
@@ -188,71 +205,90 @@ def measure_stream(backend, size: tuple[int, int], frames: int = 60) -> dict:
 
 
 def _configs(models, backends, precisions) -> list[tuple[str | None, str, str | None]]:
-    from hdme.weights import DEFAULT_MODEL, find_weights
+    from hdme.weights import DEFAULT_MODEL
 
+    unknown = [b for b in backends or [] if b not in BACKEND_NAMES[1:]]
+    if unknown:
+        raise HdmeError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKEND_NAMES[1:])})")
     out = []
     for model in models or [None]:
-        suffix = Path(str(model)).suffix.lower() if model else ""
-        if suffix in FILE_BACKENDS:
-            names = [FILE_BACKENDS[suffix]] if not backends else [b for b in backends if b == FILE_BACKENDS[suffix]]
-        else:
-            names = backends or [b for b in available_backends() if b != "tensorrt"]
-        for name in names:
-            precs = precisions
-            if not precs:
+        kind = artifact_kind(model) if model else None
+        shipped = {} if kind is not None else shipped_artifacts(model or DEFAULT_MODEL)
+        shipped_int8 = kind is None and "onnx" in shipped_artifacts(model or DEFAULT_MODEL, "int8")
+        for engine in ENGINES:
+            runs = kind.name in engine.runs if kind is not None else bool(shipped.keys() & set(engine.runs))
+            # An engine asked for is tried even where it cannot run, so that the table says why.
+            if engine.name not in backends if backends else not (runs and engine.installed()):
+                continue
+            if precisions:
+                precs = precisions
+            elif kind is not None:  # a model file runs at the precision it records
                 precs = [None]
-                if name == "onnxruntime" and not suffix and "int8-cpu" in find_weights(model or DEFAULT_MODEL):
-                    precs = [None, "int8"]
-            out.extend((model, name, p) for p in precs)
+            else:
+                precs = [*engine.precisions(), *(["int8"] if shipped_int8 and "onnx" in engine.runs else [])]
+            out.extend((model, engine.name, p) for p in precs)
     return out
 
 
 def bench_latency(models=None, backends=None, precisions=None, sizes=DEFAULT_SIZES, batches=(1,), warmup: int = 5,
                   iters: int | None = None, duration: float | None = None, stream: bool = False,
-                  backend_options: dict | None = None, on_progress: Callable[[str], None] | None = None) -> ResultsTable:
-    """Benchmark every combination; combinations that cannot run here become notes."""
+                  backend_options: dict | None = None, on_progress: Callable[[str], None] | None = None,
+                  in_turn: bool = False) -> ResultsTable:
+    """Benchmark every combination; combinations that cannot run here become notes. ``in_turn``:
+    load them all and time them in turn (``measure_in_turn``) instead of one after the other."""
     table = ResultsTable("hdme latency", LATENCY_COLUMNS, meta=_host_meta())
     progress = on_progress or (lambda _msg: None)
-    for model, name, precision in _configs(models, backends, precisions):
+    configs = _configs(models, backends, precisions)
+    for group in [configs] if in_turn else [[config] for config in configs]:
+        engines = []
         try:
-            backend = create_backend(model, name, precision, **(backend_options or {}).get(name, {}))
-        except HdmeError as exc:
-            table.notes.append(f"skipped {name} {precision or ''} {model or 'default model'}: {exc}")
-            continue
-        with backend:
-            progress(backend.selection)
-            for size in sizes:
-                for batch in batches:
-                    progress(f"{backend.describe()} {size[0]}x{size[1]} batch {batch}")
-                    samples = measure(backend, size, batch, warmup, iters, duration)
-                    stages = {s: latency_stats(v) for s, v in samples.items()}
-                    row = {
-                        "mode": "inference", "backend": backend.name, "device": backend.device,
-                        "model": backend.model_path.name, "precision": backend.precision,
-                        "size": f"{size[0]}x{size[1]}", "height": size[0], "width": size[1], "batch": batch,
-                        "iters": len(samples["end-to-end"]), "stages": stages,
-                        "fps": batch * 1e3 / stages["end-to-end"]["mean"],
-                        "unstable": is_unstable(stages["end-to-end"]),
-                    }
-                    table.rows.append(row)
-                    if row["unstable"]:
-                        table.notes.append(
-                            f"warning: {row['backend']} {row['precision']} {row['size']} B={batch}: coefficient of variation "
-                            f"{stages['end-to-end']['cv']:.0%} exceeds {UNSTABLE_CV:.0%}; the machine is busy or throttling, "
-                            "so these figures are unstable"
-                        )
-                    if stream and batch == 1:
-                        progress(f"{backend.describe()} {size[0]}x{size[1]} streaming")
-                        summary = measure_stream(backend, size)
-                        table.rows.append({
-                            **{k: row[k] for k in ("backend", "device", "model", "precision", "size", "height", "width", "batch")},
-                            "mode": "stream", "iters": summary["frames"], "stages": summary["stages"],
-                            "fps": summary["fps"], "stream_ratio": summary["fps"] / row["fps"],
-                            "unstable": False,
-                        })
+            for model, name, precision in group:
+                try:
+                    engines.append(create_backend(model, name, precision, **(backend_options or {}).get(name, {})))
+                except HdmeError as exc:
+                    table.notes.append(f"skipped {name} {precision or ''} {model or 'default model'}: {exc}")
+                    continue
+                progress(engines[-1].selection)
+            if engines:
+                _measure_group(table, engines, sizes, batches, warmup, iters, duration, stream, progress)
+        finally:
+            for engine in engines:
+                engine.close()
     if not table.rows:
         raise HdmeError("nothing could be benchmarked: " + "; ".join(table.notes))
     return table
+
+
+def _measure_group(table: ResultsTable, engines: list, sizes, batches, warmup, iters, duration, stream, progress) -> None:
+    for size in sizes:
+        for batch in batches:
+            progress(f"{', '.join(e.describe() for e in engines)}: {size[0]}x{size[1]} batch {batch}")
+            for backend, samples in zip(engines, measure_in_turn(engines, size, batch, warmup, iters, duration)):
+                stages = {s: latency_stats(v) for s, v in samples.items()}
+                row = {
+                    "mode": "inference", "backend": backend.name, "device": backend.device,
+                    "model": backend.model_path.name, "precision": backend.precision,
+                    "size": f"{size[0]}x{size[1]}", "height": size[0], "width": size[1], "batch": batch,
+                    "iters": len(samples["end-to-end"]), "stages": stages,
+                    "fps": batch * 1e3 / stages["end-to-end"]["mean"],
+                    "unstable": is_unstable(stages["end-to-end"]),
+                }
+                table.rows.append(row)
+                if row["unstable"]:
+                    table.notes.append(
+                        f"warning: {row['backend']} {row['precision']} {row['size']} B={batch}: coefficient of variation "
+                        f"{stages['end-to-end']['cv']:.0%} exceeds {UNSTABLE_CV:.0%}; the machine is busy or throttling, "
+                        "so these figures are unstable"
+                    )
+                if stream and batch == 1:
+                    progress(f"{backend.describe()} {size[0]}x{size[1]} streaming")
+                    summary = measure_stream(backend, size)
+                    table.rows.append({
+                        **{k: row[k] for k in ("backend", "device", "model", "precision", "size", "height", "width", "batch")},
+                        "mode": "stream", "iters": summary["frames"], "stages": summary["stages"],
+                        "fps": summary["fps"], "stream_ratio": summary["fps"] / row["fps"],
+                        "unstable": False,
+                    })
 
 
 def plot_latency(table: ResultsTable, path: str | Path) -> None:

@@ -265,7 +265,7 @@ class ZhuoSimPredictor:
 
 
 def predictor_for(method: str = "auto", model: str | None = None, backend: str = "auto", max_side: int | None = None,
-                  report=print, tta: str | None = None):
+                  report=print, tta: str | None = None, precision: str | None = None):
     """A σ predictor for a method name: ``hdme`` (a model through the runtime), ``zhuo-sim``, or
     ``auto`` — the model when one is given or shipped, else this baseline (said in one line).
     ``tta``: the network's mirrored views (``DefocusPredictor``'s default when None)."""
@@ -283,4 +283,4 @@ def predictor_for(method: str = "auto", model: str | None = None, backend: str =
             return ZhuoSimPredictor(max_side=max_side)
     from hdme.runtime.predict import DefocusPredictor
 
-    return DefocusPredictor(model, backend=backend, max_side=max_side, tta=tta)
+    return DefocusPredictor(model, backend=backend, max_side=max_side, tta=tta, precision=precision)

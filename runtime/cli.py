@@ -1,7 +1,7 @@
 """CLI of the runtime stage: ``hdme predict``, ``hdme run``, ``hdme doctor`` and the ``hdme bench`` group.
 
-Only typer and the core are imported here; backends, OpenCV pipelines and benchmarks are
-imported inside each command so that ``hdme --help`` stays fast and torch-free.
+Only typer, the core and the engine registry are imported here; engines, OpenCV pipelines and
+benchmarks are imported inside each command so that ``hdme --help`` stays fast and torch-free.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from hdme.errors import HdmeError
+from hdme.runtime.backends import BACKEND_NAMES, ENGINES
 
 bench_app = typer.Typer(
     name="bench",
@@ -20,7 +21,7 @@ bench_app = typer.Typer(
 )
 
 MODEL_HELP = "Shipped model name, .safetensors, .onnx or .engine (default: the shipped hdme-edge)."
-BACKEND_HELP = "auto | onnxruntime | tensorrt | torch."
+BACKEND_HELP = " | ".join(BACKEND_NAMES) + " (auto: the fastest engine installed here, and it says why)."
 TTA_HELP = "σ averaged over mirrored views: none (1 pass) | flip (left-right, 2 passes) | flip4 (4 passes)."
 
 
@@ -35,9 +36,15 @@ def _console(stderr: bool = False):
 
 def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:
     """Keyword arguments of create_backend for the common options."""
-    if provider and backend not in ("auto", "onnxruntime"):
-        raise HdmeError("--provider applies to the onnxruntime backend only")
+    takes_provider = [e.name for e in ENGINES if "provider" in e.options]
+    if provider and backend not in ("auto", *takes_provider):
+        raise HdmeError(f"--provider applies to the {' and '.join(takes_provider)} backend only")
     return {"threads": threads, **({"provider": provider} if provider else {})}
+
+
+def _engine_options(provider: Optional[str], threads: int) -> dict[str, dict]:
+    """create_backend keyword arguments per engine: --threads for all, --provider where taken."""
+    return {e.name: _backend_options(e.name, provider if "provider" in e.options else None, threads) for e in ENGINES}
 
 
 def predict_command(
@@ -148,7 +155,7 @@ def run_command(
     if engine is not None:
         if model is not None:
             raise HdmeError("give either --model or --engine, not both")
-        model, backend = str(engine), "tensorrt" if backend == "auto" else backend
+        model = str(engine)
     console = _console()
     work_size, tta = parse_size(size), check_tta(tta)
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
@@ -219,7 +226,7 @@ def _print_run_summary(console, stats) -> None:
 @bench_app.command("latency")
 def bench_latency_command(
     models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable."),
-    backends: Optional[List[str]] = typer.Option(None, "--backend", help="onnxruntime | tensorrt | torch; repeatable (default: all available)."),
+    backends: Optional[List[str]] = typer.Option(None, "--backend", help=" | ".join(BACKEND_NAMES[1:]) + "; repeatable (default: all installed)."),
     precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable."),
     sizes: Optional[List[str]] = typer.Option(None, "--size", help="HxW; repeatable (default 256x256, 480x640, 720x1280)."),
     batches: List[int] = typer.Option([1], "--batch", help="Batch size; repeatable."),
@@ -230,6 +237,7 @@ def bench_latency_command(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the results as a Markdown table."),
     plot_path: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of latency vs resolution."),
     stream: bool = typer.Option(False, "--stream", help="Also measure the streaming pipeline's FPS on a generated video."),
+    in_turn: bool = typer.Option(False, "--in-turn", help="Load every configuration and time them in turn, one run each, round after round: ratios that hold on a machine whose load changes."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for inference (0: the engine's default)."),
 ) -> None:
@@ -245,8 +253,8 @@ def bench_latency_command(
     table = bench_latency(
         models=models or None, backends=backends or None, precisions=precisions or None,
         sizes=[parse_size(s) for s in sizes] if sizes else DEFAULT_SIZES, batches=batches,
-        warmup=warmup, iters=iters, duration=duration, stream=stream,
-        backend_options={"onnxruntime": _backend_options("onnxruntime", provider, threads), "torch": {"threads": threads}},
+        warmup=warmup, iters=iters, duration=duration, stream=stream, in_turn=in_turn,
+        backend_options=_engine_options(provider, threads),
         on_progress=lambda m: typer.secho(m, dim=True, err=True),
     )
     console.print(table.to_rich(LATENCY_SCREEN_COLUMNS))
@@ -266,7 +274,7 @@ def bench_latency_command(
 @bench_app.command("accuracy")
 def bench_accuracy_command(
     datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="synthetic[:N] | rtf | cuhk | dut | DIR, each with an optional :N limit; repeatable (default: synthetic and every real set found)."),
-    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the name (.fp16, .int8, .int8-cpu)."),
+    models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the model's own metadata."),
     engines: Optional[List[Path]] = typer.Option(None, "--engine", help="TensorRT engines; repeatable (same as --model FILE.engine)."),
     backends: Optional[List[str]] = typer.Option(None, "--backend", help=BACKEND_HELP + " Repeatable."),
     methods: Optional[List[str]] = typer.Option(None, "--method", help="hdme | zhuo-sim; repeatable (default: both)."),
@@ -274,12 +282,13 @@ def bench_accuracy_command(
     markdown_path: Optional[Path] = typer.Option(None, "--markdown", help="Write the table as Markdown."),
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
     ttas: Optional[List[str]] = typer.Option(None, "--tta", help=TTA_HELP + " Repeatable (default: flip, as hdme predict)."),
+    precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable (default: each model's own)."),
 ) -> None:
     """Accuracy of models × backends × precisions and the Zhuo–Sim baseline, in one table."""
     from hdme.runtime.accuracy import bench_accuracy
 
     bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
-                   json_path, markdown_path, max_side, ttas or [])
+                   json_path, markdown_path, max_side, ttas or [], precisions or [])
 
 
 SYNTH_COLUMNS = [

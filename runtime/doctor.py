@@ -2,8 +2,8 @@
 precisions it runs here, the NVIDIA driver and the CUDA libraries TensorRT's buffers use, and one
 line that fixes each mismatch.
 
-Engines are probed by the functions listed in ENGINES, one per engine: adding an engine is one
-probe and one entry there. Nothing here needs a GPU; a probe that finds none says so.
+Engines are probed by the functions listed in PROBES, one per engine of the registry
+(``hdme.runtime.backends.ENGINES``, in its order): adding an engine is one probe and one entry there. Nothing here needs a GPU; a probe that finds none says so.
 """
 
 from __future__ import annotations
@@ -136,8 +136,19 @@ def _torch(driver: tuple[int, int] | None) -> Finding:
     return Finding("torch", torch.__version__, "; ".join(runs), fix)
 
 
-# Every inference engine hdme runs on, probed in this order; each probe takes the driver's CUDA version.
-ENGINES = {"onnxruntime": _onnxruntime, "tensorrt": _tensorrt, "torch": _torch}
+def _openvino(driver: tuple[int, int] | None) -> Finding:
+    from hdme.runtime.backends import ENGINE_NAMES
+
+    if not _installed("openvino"):
+        return Finding("openvino", "not installed", "", "for the fastest x86 CPU engine: pip install 'hdme[openvino]'")
+    import openvino
+
+    # An FP32 model at the precisions the CPU computes; INT8 files (ONNX Q/DQ or NNCF IR) run everywhere.
+    return Finding("openvino", openvino.__version__, "cpu: " + " ".join((*ENGINE_NAMES["openvino"].precisions(), "int8")))
+
+
+# One probe per engine of the registry, in its order; each takes the driver's CUDA version.
+PROBES = {"tensorrt": _tensorrt, "onnxruntime": _onnxruntime, "openvino": _openvino, "torch": _torch}
 
 
 def cuda_findings(driver: tuple[int, int] | None) -> list[Finding]:
@@ -156,4 +167,4 @@ def cuda_findings(driver: tuple[int, int] | None) -> list[Finding]:
 
 def diagnose() -> list[Finding]:
     driver = cuda_driver_version()
-    return [*cuda_findings(driver), *(probe(driver) for probe in ENGINES.values())]
+    return [*cuda_findings(driver), *(probe(driver) for probe in PROBES.values())]

@@ -23,7 +23,7 @@ import numpy as np
 from hdme.conventions import output_to_sigma, rescale_sigma
 from hdme.errors import HdmeError
 from hdme.runtime.backends import Backend
-from hdme.export.onnx import parse_size as parse_hw
+from hdme.contract import parse_size as parse_hw
 from hdme.conventions import rgb_to_input
 from hdme.runtime.predict import MIN_SIDE, check_tta, infer_mirrored, pad_to_multiple
 from hdme.runtime.sinks import Sink

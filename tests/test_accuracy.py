@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from hdme.conventions import precision_from_name
 from hdme.conventions import save_sigma_map
 from hdme.datasets import load_dataset, shared_data_dir
 from hdme.errors import HdmeError
@@ -154,17 +153,11 @@ def test_a_model_that_cannot_load_is_one_line(map_dir):
     assert [r["label"] for r in res["runs"]] == ["c · stand-in · fp32"]
 
 
-def test_precision_from_file_names_and_method_rows():
-    assert precision_from_name("m.onnx") == "fp32"
-    assert precision_from_name("out/hdme-edge.fp16.onnx") == "fp16"
-    assert precision_from_name("hdme-edge.int8.onnx") == "int8"
-    assert precision_from_name("hdme-edge.int8-cpu.onnx") == "int8-cpu"
-    assert precision_from_name("a.fp16.engine") == "fp16"
-    assert precision_from_name("m.engine") == "fp32"
+def test_method_rows():
     rows = methods_for(["a.onnx", "a.int8.onnx"], ["onnxruntime", "torch"], ["hdme", "zhuo-sim"])
     assert [(m.method, m.model, m.backend, m.precision) for m in rows] == [
         ("hdme", "a.onnx", "onnxruntime", "fp32"), ("hdme", "a.onnx", "torch", "fp32"),
-        ("hdme", "a.int8.onnx", "onnxruntime", "int8"), ("hdme", "a.int8.onnx", "torch", "int8"),
+        ("hdme", "a.int8.onnx", "onnxruntime", "fp32"), ("hdme", "a.int8.onnx", "torch", "fp32"),
         ("zhuo-sim", None, "numpy/opencv", "fp32"),
     ]
     assert {m.tta for m in rows if m.method == "hdme"} == {"flip"}  # as hdme predict

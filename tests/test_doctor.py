@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hdme.cli import app
 from hdme.runtime.backends import BACKEND_NAMES
-from hdme.runtime.doctor import ENGINES, cuda_driver_version, cuda_mismatch, diagnose
+from hdme.runtime.doctor import PROBES, cuda_driver_version, cuda_mismatch, diagnose
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -40,7 +40,7 @@ def test_the_extras_the_fixes_name_pin_cuda_python_to_their_cuda_major():
 
 
 def test_every_backend_has_a_probe():
-    assert list(ENGINES) == [name for name in BACKEND_NAMES if name != "auto"]
+    assert list(PROBES) == [name for name in BACKEND_NAMES if name != "auto"]
 
 
 def test_doctor_reports_what_this_machine_has():
@@ -52,12 +52,21 @@ def test_doctor_reports_what_this_machine_has():
         assert "cpu: fp32 fp16 int8" in findings["onnxruntime"].runs
     if importlib.util.find_spec("tensorrt") is None:
         assert findings["tensorrt"].version == "not installed" and not findings["tensorrt"].runs.startswith("fp32")
+    if importlib.util.find_spec("openvino") is not None:
+        import openvino
+
+        from hdme.runtime.backends.openvino import cpu_precisions
+
+        assert findings["openvino"].version == openvino.__version__
+        assert findings["openvino"].runs == "cpu: " + " ".join((*cpu_precisions(), "int8"))
+    else:
+        assert "hdme[openvino]" in findings["openvino"].fix
     if importlib.util.find_spec("cuda") is not None and driver is None:
         assert "none was found" in findings["cuda-python"].fix
 
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
-    for name in ("NVIDIA driver", *ENGINES):
+    for name in ("NVIDIA driver", *PROBES):
         assert name in result.output
     problems = sum(1 for f in findings.values() if f.fix)
     assert re.search(rf"{problems} to fix" if problems else "nothing to fix", result.output)

@@ -105,7 +105,7 @@ def test_cli_error_is_a_red_line_and_exit_2(tmp_path):
 
 
 def test_check_reports_percentiles_and_fails_above_atol(tiny_export, calib_dir):
-    from hdme.export.check import compare_models
+    from hdme.runtime.compare import compare_models
     from hdme.export.quantize import convert_fp16
 
     folder, result, _ = tiny_export

@@ -12,7 +12,7 @@ from hdme.export.calibration import (
     read_calibration_cache,
     write_calibration_cache,
 )
-from hdme.export.sidecar import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
+from hdme.sidecar import SIDECAR_KEYS, read_sidecar, sidecar_path, write_sidecar
 from hdme.export.tensorrt import (
     CALIB_BATCH,
     DEFAULT_SHAPES,
@@ -186,7 +186,7 @@ def test_calibration_cache_is_bound_to_its_set(tmp_path):
 
 @needs_tensorrt
 def test_build_fp32_engine_and_sidecar(tmp_path, tiny_export):
-    from hdme.export.sidecar import file_sha256
+    from hdme.sidecar import file_sha256
     from hdme.export.tensorrt import build_engine
 
     _, result, _ = tiny_export
@@ -217,7 +217,7 @@ def test_entropy_calibrator_feeds_batches_and_caches(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_build_stops_before_building_where_no_cuda_library_reaches_a_gpu(tmp_path):
     from hdme.export.tensorrt import build_engine
-    from hdme.runtime.backends.buffers import open_cuda_api
+    from hdme.cuda import open_cuda_api
     from hdme.weights import find_weights
 
     try:

@@ -1,7 +1,7 @@
 import pytest
 
 from hdme.errors import HdmeError
-from hdme.export.sidecar import write_sidecar
+from hdme.sidecar import write_sidecar
 from hdme.export.triton import config_text, write_repository
 from hdme.export.triton_schema import parse_config
 

@@ -28,7 +28,7 @@ def readme_commands(prefix: str) -> list[list[str]]:
 def _gpu_build_possible() -> bool:
     if importlib.util.find_spec("tensorrt") is None:
         return False
-    from hdme.runtime.backends.buffers import open_cuda_api
+    from hdme.cuda import open_cuda_api
 
     try:
         open_cuda_api().close()

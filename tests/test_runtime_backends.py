@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import platform
 
 import numpy as np
 import onnxruntime as ort
@@ -10,8 +11,7 @@ import pytest
 
 from hdme.errors import HdmeError
 from hdme.runtime.backends import available_backends, create_backend, resolve_model
-from hdme.runtime.backends.buffers import grown_capacity, nbytes
-from hdme.conventions import precision_from_name
+from hdme.cuda import grown_capacity, nbytes
 from hdme.runtime.backends.tensorrt import SystemInfo, check_sidecar, fit_profile, sidecar_mismatches
 from runtime_support import tiny_onnx
 
@@ -41,10 +41,12 @@ def test_backend_rejects_wrong_input_layout(onnx_path):
 
 
 def test_auto_picks_engine_by_file_and_says_so(onnx_path, tmp_path):
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    expected = "openvino" if x86 and importlib.util.find_spec("openvino") else "onnxruntime"
     backend = create_backend(onnx_path)
-    assert backend.name == "onnxruntime"
+    assert backend.name == expected
     assert backend.selection.startswith("auto:") and "tiny.onnx" in backend.selection
-    assert resolve_model(onnx_path)[:2] == ("onnxruntime", str(onnx_path))
+    assert resolve_model(onnx_path)[:2] == (expected, str(onnx_path))
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"plan")
     assert resolve_model(engine)[0] == "tensorrt"
@@ -56,10 +58,10 @@ def test_auto_picks_engine_by_file_and_says_so(onnx_path, tmp_path):
     "make, backend, pattern",
     [
         (lambda d: d / "missing.onnx", "auto", "no such model file"),
-        (lambda d: (d / "junk.onnx").write_bytes(b"\x00not onnx at all") and d / "junk.onnx", "auto", "not a loadable ONNX model"),
+        (lambda d: (d / "junk.onnx").write_bytes(b"\x00not onnx at all") and d / "junk.onnx", "onnxruntime", "not a loadable ONNX model"),
         (lambda d: (d / "notes.txt").write_text("hi") and d / "notes.txt", "auto", "not a model file"),
         (lambda d: d, "auto", "not a model file"),
-        (lambda d: tiny_onnx(d / "t.onnx"), "torch", "runs on the onnxruntime backend, not torch"),
+        (lambda d: tiny_onnx(d / "t.onnx"), "torch", "runs on the onnxruntime or openvino backend, not torch"),
         (lambda d: tiny_onnx(d / "t.onnx"), "tensorflow", "unknown backend"),
         (lambda d: "no-such-shipped-model", "auto", "no shipped model named"),
     ],
@@ -70,10 +72,7 @@ def test_bad_models_give_one_line(tmp_path, make, backend, pattern):
     assert "\n" not in str(err.value)
 
 
-def test_precision_of_files(onnx_path):
-    assert precision_from_name(onnx_path) == "fp32"
-    assert precision_from_name(onnx_path.with_name("hdme-edge.int8-cpu.onnx")) == "int8-cpu"
-    assert precision_from_name(onnx_path.with_name("hdme-edge.fp16.onnx")) == "fp16"
+def test_precision_asked_of_a_file_must_be_its_own(onnx_path):
     with pytest.raises(HdmeError, match="is a fp32 model"):
         create_backend(onnx_path, "onnxruntime", precision="int8")
 
@@ -180,7 +179,7 @@ INSUFFICIENT_DRIVER = "CUDA error: CUDA driver version is insufficient for CUDA 
 
 
 def test_cuda_libraries_are_tried_in_order_past_one_that_cannot_start(monkeypatch):
-    from hdme.runtime.backends import buffers
+    from hdme import cuda
 
     class DriverTooOld:  # cuda-python 13 under a CUDA 12 driver: installed, but cudaSetDevice fails
         def __init__(self, device_id):
@@ -190,21 +189,21 @@ def test_cuda_libraries_are_tried_in_order_past_one_that_cannot_start(monkeypatc
         def __init__(self, device_id):
             self.device_id = device_id
 
-    monkeypatch.setattr(buffers, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": Starts})
-    assert isinstance(buffers.open_cuda_api(1), Starts)
+    monkeypatch.setattr(cuda, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": Starts})
+    assert isinstance(cuda.open_cuda_api(1), Starts)
     with pytest.raises(HdmeError, match="cuda-python: CUDA error: CUDA driver version is insufficient") as err:
-        buffers.open_cuda_api(0, prefer="cuda-python")
+        cuda.open_cuda_api(0, prefer="cuda-python")
     assert "pycuda" not in str(err.value)
     with pytest.raises(HdmeError, match="unknown CUDA buffer library 'cupy'"):
-        buffers.open_cuda_api(0, prefer="cupy")
-    monkeypatch.setattr(buffers, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": DriverTooOld})
+        cuda.open_cuda_api(0, prefer="cupy")
+    monkeypatch.setattr(cuda, "CUDA_APIS", {"cuda-python": DriverTooOld, "pycuda": DriverTooOld})
     with pytest.raises(HdmeError, match=r"cuda-python: .*insufficient.*; pycuda: .*insufficient.*hdme doctor"):
-        buffers.open_cuda_api()
+        cuda.open_cuda_api()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("cuda") is None, reason="cuda-python is not installed")
 def test_installed_cuda_python_without_a_usable_gpu_falls_back_to_pycuda():
-    from hdme.runtime.backends.buffers import CudaPythonApi, PyCudaApi, open_cuda_api
+    from hdme.cuda import CudaPythonApi, PyCudaApi, open_cuda_api
 
     try:
         CudaPythonApi(0).close()
@@ -225,7 +224,26 @@ def test_installed_cuda_python_without_a_usable_gpu_falls_back_to_pycuda():
 def test_cuda_python_stream_handle_is_the_raw_pointer():
     from cuda.bindings import runtime
 
-    from hdme.runtime.backends.buffers import CudaPythonApi
+    from hdme.cuda import CudaPythonApi
 
     # stream_handle reads nothing of the instance, which needs a GPU to construct.
     assert CudaPythonApi.stream_handle(object.__new__(CudaPythonApi), runtime.cudaStream_t(init_value=0x1234)) == 0x1234
+
+
+def test_registry_matches_the_contract_and_the_engine_classes():
+    from hdme.contract import ARTIFACT_KINDS
+    from hdme.runtime.backends import ENGINES
+
+    kinds = {kind.name for kind in ARTIFACT_KINDS}
+    assert {k for engine in ENGINES for k in engine.runs} <= kinds
+    for engine in ENGINES:
+        if engine.installed():
+            assert engine.backend_class().name == engine.name
+            assert set(engine.precisions()) <= {"fp32", "fp16", "bf16", "int8"}
+
+
+def test_auto_passes_engine_options_only_to_an_engine_that_takes_them(onnx_path):
+    name, _, why = resolve_model(onnx_path, "auto", options={"provider": "cpu"})
+    assert name == "onnxruntime" and ".onnx file" in why
+    with create_backend(onnx_path, provider="cpu", graph_optimization="basic") as backend:
+        assert backend.name == "onnxruntime" and backend.provider == "cpu"

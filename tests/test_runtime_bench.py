@@ -29,7 +29,7 @@ def test_bench_latency_cli_writes_json_markdown_and_plot(tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     out = {k: tmp_path / f"lat.{k}" for k in ("json", "md", "png")}
     result = CliRunner().invoke(app, [
-        "bench", "latency", "--model", str(model), "--size", "32x48", "--size", "64x64", "--batch", "1", "--batch", "2",
+        "bench", "latency", "--model", str(model), "--backend", "onnxruntime", "--size", "32x48", "--size", "64x64", "--batch", "1", "--batch", "2",
         "--warmup", "1", "--iters", "4", "--stream", "--json", str(out["json"]), "--markdown", str(out["md"]),
         "--plot", str(out["png"]),
     ])
@@ -60,3 +60,13 @@ def test_bench_latency_duration_and_unrunnable_configs(tmp_path):
     assert table.rows[0]["iters"] >= 3
     with pytest.raises(HdmeError, match="nothing could be benchmarked"):
         bench_latency(models=[str(model)], precisions=["int8"], sizes=[(32, 32)], iters=1)
+
+
+def test_in_turn_times_every_configuration_the_same_number_of_rounds(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    other = tiny_onnx(tmp_path / "other.onnx", seed=1)
+    table = bench_latency(models=[str(model), str(other), str(tmp_path / "missing.onnx")], backends=["onnxruntime"],
+                          sizes=[(32, 32), (16, 24)], warmup=1, iters=3, in_turn=True)
+    assert [(r["model"], r["size"], r["iters"]) for r in table.rows] == [
+        ("tiny.onnx", "32x32", 3), ("other.onnx", "32x32", 3), ("tiny.onnx", "16x24", 3), ("other.onnx", "16x24", 3)]
+    assert [n for n in table.notes if n.startswith("skipped")] == [n for n in table.notes if "missing.onnx" in n] != []

@@ -36,7 +36,7 @@ def constant_model(tmp_path_factory):
 def live_run(model, h=48, w=64, fps=60.0, max_fps=10.0, images=None):
     """A pipeline on a paced fake source, served on an ephemeral port of 127.0.0.1."""
     images = images or [cv2.cvtColor(textured_rgb(h, w, seed=i), cv2.COLOR_RGB2BGR) for i in range(3)]
-    return served_pipeline(PacedSource(images, fps=fps), create_backend(model), max_fps)
+    return served_pipeline(PacedSource(images, fps=fps), create_backend(model, "onnxruntime"), max_fps)
 
 
 def get(url: str, method: str = "GET", timeout: float = 10.0) -> tuple[int, bytes]:
@@ -84,7 +84,7 @@ def test_parse_address():
 
 
 def test_before_the_first_frame_the_page_says_it_waits(constant_model):
-    with LiveServer(LiveView(create_backend(constant_model)), "127.0.0.1", 0) as server:
+    with LiveServer(LiveView(create_backend(constant_model, "onnxruntime")), "127.0.0.1", 0) as server:
         figures = stats(server)
         assert (figures["frames"], figures["source_state"], figures["frame_size"]) == (0, "waiting for frames", None)
         assert get(server.url + "frame.jpg")[0] == 503
@@ -182,7 +182,7 @@ def test_the_page_says_when_the_camera_is_reconnecting(constant_model):
         return FakeCamera(counter, period=0.02, unplug_after=10 if len(opens) == 1 else None)
 
     source = LiveSource(opener, "fake camera", on_message=lambda m: None, backoff=0.3, max_backoff=0.6)
-    with served_pipeline(source, create_backend(constant_model), 10.0) as (server, view):
+    with served_pipeline(source, create_backend(constant_model, "onnxruntime"), 10.0) as (server, view):
         source.on_message = view.note_source_message  # as hdme run wires them
         states = []
         deadline = time.monotonic() + 20

@@ -1,4 +1,5 @@
-"""The runtime installs and runs without torch: predict and run on an ONNX model."""
+"""The runtime installs and runs without torch: predict and run on an ONNX model, importing neither
+the training nor the export stage, nor an optional engine it was not asked for."""
 
 from __future__ import annotations
 
@@ -19,21 +20,27 @@ def test_runtime_never_imports_torch_on_the_onnx_path(tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(64, 64))
     video = write_video(tmp_path / "v.avi", frames=4, h=64, w=64)
+    # Optional engines are made unimportable, as in a base install.
     proc = _run(f"""
         import sys
+        sys.modules["openvino"] = None
         import hdme.runtime.backends, hdme.runtime.predict, hdme.runtime.pipeline, hdme.runtime.sources
         import hdme.runtime.sinks, hdme.runtime.bench, hdme.runtime.cli, hdme.runtime.live, hdme.runtime.temporal
         from hdme.runtime.predict import DefocusPredictor
-        sigma = DefocusPredictor({str(model)!r}).predict(__import__("numpy").zeros((40, 48, 3), "uint8"))
-        assert sigma.shape == (40, 48)
-        assert "torch" not in sys.modules, "torch was imported"
+        predictor = DefocusPredictor({str(model)!r})
+        sigma = predictor.predict(__import__("numpy").zeros((40, 48, 3), "uint8"))
+        assert sigma.shape == (40, 48) and predictor.backend.name == "onnxruntime"
+        import hdme.contract, hdme.sidecar
+        hdme.contract.model_precision({str(model)!r})
+        leaked = [m for m in ("torch", "nncf", "hdme.export", "hdme.train") if m in sys.modules]
+        assert not leaked, f"imported {{leaked}}"
         print("ok")
     """)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr
     # With torch made unimportable, as in a runtime-only install, the CLI still works end to end.
     proc = _run(f"""
         import sys
-        sys.modules["torch"] = None
+        sys.modules["torch"] = sys.modules["openvino"] = None
         sys.argv = ["hdme", "predict", {str(tmp_path / 'a.png')!r}, "--out", {str(tmp_path / 'out')!r},
                     "--model", {str(model)!r}]
         from hdme.cli import main

@@ -77,4 +77,4 @@ def test_asking_for_int8_picks_the_shipped_cpu_int8_export(shipped):
     from hdme.runtime.backends import create_backend
 
     with create_backend(DEFAULT_MODEL, "onnxruntime", "int8") as backend:
-        assert backend.precision == "int8-cpu"
+        assert backend.precision == "int8" and backend.model_path == files["int8-cpu"]

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from hdme.conventions import precision_from_name
+from hdme.contract import INPUT_NAME, OUTPUT_NAME, model_precision
 from hdme.errors import HdmeError
-from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
-from hdme.runtime.backends.base import Backend, InferTimes, check_input
+from hdme.runtime.backends.base import Backend, InferTimes, check_input, check_model_io, checked_output
 
 # Short names users type → ONNX Runtime provider names, fastest first.
 PROVIDERS = {
@@ -90,14 +89,11 @@ class OnnxRuntimeBackend(Backend):
             )
         shape_in = self.session.get_inputs()[0].shape
         shape_out = next(o.shape for o in self.session.get_outputs() if o.name == OUTPUT_NAME)
-        for name, shape, channels in ((INPUT_NAME, shape_in, 3), (OUTPUT_NAME, shape_out, 1)):
-            # Named dimensions (N, H, W) are free; a fixed one must be what the contract says.
-            if len(shape) != 4 or (shape[1] not in (channels, None) and not isinstance(shape[1], str)):
-                raise HdmeError(f"{self.model_path}: '{name}' is {_shape_text(shape)}, expected [N,{channels},H,W]")
+        check_model_io(self.model_path, shape_in, shape_out)
         self.provider = provider
         self.device = "cpu" if provider == "cpu" else f"cuda:{device_id}"
         self.device_id = device_id
-        self.precision = precision or ("int8" if int8 else "fp16" if fp16 else precision_from_name(self.model_path))
+        self.precision = precision or ("int8" if int8 else "fp16" if fp16 else model_precision(self.model_path))
         meta = self.session.get_modelmeta().custom_metadata_map
         self.multiple = int(meta.get("multiple", 1))
         self._binding = self.session.io_binding() if provider != "cpu" else None
@@ -126,33 +122,26 @@ class OnnxRuntimeBackend(Backend):
         chain.append(PROVIDERS["cpu"])
         return chain
 
+    @classmethod
+    def load(cls, model_path: Path | str, precision: str | None = None, threads: int = 0, **options) -> "OnnxRuntimeBackend":
+        if precision in ("fp16", "int8") and options.get("provider") == "tensorrt":
+            options.setdefault(precision, True)
+        return super().load(model_path, precision, intra_op_threads=threads, **options)
+
     def describe(self) -> str:
         return f"{self.name} [{PROVIDERS[self.provider]}, {self.precision}] {self.model_path.name}"
 
     def infer(self, x: np.ndarray) -> np.ndarray:
         x = check_input(x)
         if self._binding is None:
-            return self._checked(lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
+            return checked_output(self.model_path, lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
         return self.infer_timed(x)[0]
-
-    def _checked(self, run, x: np.ndarray) -> np.ndarray:
-        """``run()``'s output, or one line when the model rejects the input (a fixed size other
-        than the frame's) or answers with something other than one σ channel of the input's size."""
-        try:
-            y = run()
-        except Exception as exc:  # ORT's own exception types (InvalidArgument, Fail…) share no base
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise HdmeError(f"{self.model_path.name} failed on a {_shape_text(x.shape)} input ({first[:200]})") from None
-        if y.ndim != 4 or y.shape[0] != x.shape[0] or y.shape[1] != 1 or y.shape[2:] != x.shape[2:]:
-            raise HdmeError(f"{self.model_path.name}: output '{OUTPUT_NAME}' is {_shape_text(y.shape)} for an input "
-                            f"of {_shape_text(x.shape)}; expected one σ channel of the input's size")
-        return y
 
     def infer_timed(self, x: np.ndarray) -> tuple[np.ndarray, InferTimes]:
         x = check_input(x)
         if self._binding is None:
             start = time.perf_counter()
-            out = self._checked(lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
+            out = checked_output(self.model_path, lambda: self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0], x)
             return out, InferTimes(None, (time.perf_counter() - start) * 1e3, None)
         # On a GPU, IO binding keeps the output on the device until asked for, which both avoids
         # an extra copy and lets each transfer be timed on its own.
@@ -174,6 +163,3 @@ class OnnxRuntimeBackend(Backend):
         self._binding = None
         self.session = None
 
-
-def _shape_text(shape) -> str:
-    return "[" + ",".join(str(d) if d is not None else "?" for d in shape) + "]"

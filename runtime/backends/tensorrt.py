@@ -2,7 +2,7 @@
 
 Written against TensorRT ≥ 10's named-tensor API (``set_input_shape``, ``set_tensor_address``,
 ``execute_async_v3``). An engine only runs on the TensorRT version and GPU it was built for; its
-sidecar ``FILE.engine.json`` (hdme.export.sidecar, written by ``hdme export trt``) records both,
+sidecar ``FILE.engine.json`` (hdme.sidecar, written by ``hdme export trt``) records both,
 and the backend refuses a mismatch with the command that rebuilds it instead of failing deep
 inside TensorRT.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from hdme.errors import HdmeError, require
-from hdme.export.onnx import INPUT_NAME, OUTPUT_NAME
-from hdme.export.sidecar import read_sidecar
+from hdme.contract import INPUT_NAME, OUTPUT_NAME
+from hdme.sidecar import read_sidecar
 from hdme.runtime.backends.base import Backend, InferTimes, check_input
-from hdme.runtime.backends.buffers import CudaApi, grown_capacity, nbytes, open_cuda_api
+from hdme.cuda import CudaApi, grown_capacity, nbytes, open_cuda_api
 
 log = logging.getLogger("hdme.runtime")
 

@@ -43,6 +43,10 @@ class TorchBackend(Backend):
         self._autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self._graphs: dict[tuple[int, ...], tuple] = {}
 
+    @classmethod
+    def load(cls, model: str | Path, precision: str | None = None, threads: int = 0, **options) -> "TorchBackend":
+        return cls(model, precision=precision or "fp32", threads=threads, **options)
+
     def _forward(self, x_dev):
         torch = self.torch
         with torch.inference_mode():

@@ -9,46 +9,38 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from hdme.conventions import output_to_sigma
+from hdme.contract import artifact_kind, model_precision
+from hdme.conventions import rgb_to_input
 from hdme.errors import HdmeError
-
-ERROR_STATS = ("mean", "median", "p90", "p99", "max")
-
-
-def error_stats(out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
-    """Absolute per-pixel difference in σ px between two network outputs (σ/10)."""
-    if out_a.shape != out_b.shape:
-        raise HdmeError(f"outputs differ in shape: {out_a.shape} vs {out_b.shape}")
-    err = np.abs(output_to_sigma(out_a).astype(np.float64) - output_to_sigma(out_b))
-    return {
-        "mean": float(err.mean()),
-        "median": float(np.median(err)),
-        "p90": float(np.percentile(err, 90)),
-        "p99": float(np.percentile(err, 99)),
-        "max": float(err.max()),
-    }
+from hdme.images import fit_to_size, list_images, read_image
+from hdme.metrics import error_stats
+from hdme.runtime.backends import ENGINES, create_backend
 
 
 def open_model(model: str | os.PathLike) -> tuple[str, Callable[[np.ndarray], np.ndarray]]:
-    """A model argument → (label, infer) with infer(float32 [B,3,H,W]) → σ/10 [B,1,H,W]."""
-    from hdme.runtime.backends import create_backend
+    """A model argument → (label, infer) with infer(float32 [B,3,H,W]) → σ/10 [B,1,H,W].
 
-    backend = create_backend(str(model), backend="auto")
+    A comparison is of files, not of engines' defaults: a file runs on the first engine of the
+    registry that runs its kind, an FP32 one at fp32 (not at an engine's faster default)."""
+    kind = artifact_kind(model)
+    engine = next((e.name for e in ENGINES if kind.name in e.runs), "auto") if kind else "auto"
+    own = model_precision(model) if kind and Path(model).is_file() else "fp32"
+    backend = create_backend(str(model), engine, "fp32" if own == "fp32" else None)
     return f"{Path(str(model)).name} ({backend.name})", backend.infer
 
 
 def comparison_inputs(images: str | os.PathLike | None, size: tuple[int, int], count: int, seed: int = 0) -> Iterable[np.ndarray]:
     """Inputs [1,3,H,W]: the images of a folder fitted to ``size``, or seeded uniform noise."""
-    from hdme.export.calibration import CalibrationSet
-
     if images is None:
         rng = np.random.default_rng(seed)
         for _ in range(count):
             yield rng.random((1, 3, *size), dtype=np.float32)
         return
-    folder = CalibrationSet(images, size=size, count=count)
-    for i in range(len(folder)):
-        yield folder.load(i)[None]
+    paths = list_images(images)[:count]
+    if not paths:
+        raise HdmeError(f"{images}: no images to compare the models on")
+    for path in paths:
+        yield rgb_to_input(fit_to_size(read_image(path), size))
 
 
 def compare_models(

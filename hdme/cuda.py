@@ -1,7 +1,8 @@
-"""CUDA memory and streams for the TensorRT backend, behind one small interface.
+"""CUDA memory, streams and device queries behind one small interface, shared by the TensorRT
+builder (INT8 calibration, the GPU an engine is built for) and the TensorRT engine.
 
 Two implementations: NVIDIA's cuda-python (preferred) and PyCUDA (the fallback many Jetson images
-ship instead). Only the TensorRT backend uses this module; it is imported when that backend is.
+ship instead). Imported only where TensorRT is used.
 """
 
 from __future__ import annotations
@@ -91,13 +92,23 @@ class CudaApi(abc.ABC):
         pass
 
 
+def cuda_runtime():
+    """The CUDA runtime bindings of cuda-python."""
+    from hdme.errors import require
+
+    # cuda-python ≥ 12.6 moved the runtime bindings to cuda.bindings; older releases have cuda.cudart.
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        cudart = require("cuda.cudart", "trt")
+    return cudart
+
+
 class CudaPythonApi(CudaApi):
     name = "cuda-python"
     supports_graphs = True
 
     def __init__(self, device_id: int = 0) -> None:
-        from hdme.export.tensorrt import cuda_runtime  # handles cuda-python's module move at 12.6
-
         self.rt = cuda_runtime()
         self.device_id = device_id
         self._check(self.rt.cudaSetDevice(device_id))
