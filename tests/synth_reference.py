@@ -14,8 +14,9 @@ def gaussian_psf(sigma: float) -> np.ndarray:
     return k @ k.T
 
 
-def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray:
-    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own Gaussian of σ px.
+def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int, psf=gaussian_psf) -> np.ndarray:
+    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own PSF ``psf(σ)`` (a centred,
+    odd-sided kernel; OpenCV's Gaussian of σ px by default).
 
     Source and map are reflect-padded by ``pad`` (border handling only; compare away from borders).
     """
@@ -29,7 +30,7 @@ def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int) -> np.ndarray
             s = float(sig[y, x])
             k = cache.get(s)
             if k is None:
-                k = cache[s] = gaussian_psf(s)
+                k = cache[s] = psf(s)
             r = k.shape[0] // 2
             y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, h), max(x - r, 0), min(x + r + 1, w)
             out[y0:y1, x0:x1] += src[y, x] * k[y0 - y + r : y1 - y + r, x0 - x + r : x1 - x + r, None]
