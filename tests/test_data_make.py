@@ -116,3 +116,16 @@ def test_an_interrupted_run_resumes_from_its_sample_records(tmp_path, monkeypatc
     manifest = make.make_dataset(make.MakeArgs(**args), progress=False)
     assert manifest["resumed_samples"] == 4 and manifest["splits"] == {"all": 6}
     assert sorted(p.name for p in (tmp_path / "set").glob("*.png")) == [f"{i:06d}.png" for i in range(6)]
+
+
+def test_away_recipe_writes_its_scenes_and_takes_no_overrides(tmp_path):
+    result = runner.invoke(app, ["data", "make", str(tmp_path / "leaves"), "--count", "2", "--size", "48", "--recipe", "away-leaves", "--workers", "2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "leaves" / "manifest.json").read_text())
+    assert manifest["recipe"]["kind"] == "away" and manifest["recipe"]["psf"] == {"hexagon": 0.5, "ring": 0.5}
+    for s in manifest["samples"]:
+        assert s["kind"] == "leaves" and s["psf"] in ("hexagon", "ring")
+        sigma = load_sigma_map(tmp_path / "leaves" / s["split"] / "defocus" / f"{s['name']}.png")
+        assert sigma.min() < 2.0 and sigma.max() > 8.0  # σ spans the range in every image
+    result = runner.invoke(app, ["data", "make", str(tmp_path / "x"), "--count", "2", "--recipe", "away-dof", "--noise", "none"])
+    assert result.exit_code != 0 and "do not apply" in str(result.exception)

@@ -63,6 +63,10 @@ def _sharp_enough_crop(source, rng: np.random.Generator, size: int, min_sharpnes
 def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
                source, device: torch.device | str = "cpu") -> SynthBatch:
     """Draw ``count`` samples. ``rng`` fixes every CPU-side choice, ``generator`` the device-side ones."""
+    from hdme.train.synth.away import AwayRecipe, synthesize_away
+
+    if isinstance(recipe, AwayRecipe):
+        return synthesize_away(recipe, size, count, rng, generator, source, device)
     device = torch.device(device)
     dist = recipe.sigma_distribution()
     sources, sigmas, kinds = [], [], []
