@@ -50,8 +50,8 @@ def quantize_command(
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="Node name to keep in float (repeatable)."),
     keep_head: Optional[bool] = typer.Option(None, "--keep-head/--quantize-head", help="Keep the upsampling head in float (default: for --target tensorrt only)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output file (default NAME.fp16.onnx, NAME.int8.onnx, NAME.int8-cpu.onnx)."),
-    eval_dir: Optional[Path] = typer.Option(None, "--eval", help="Held-out folder of images with σ maps (default: synthetic, needs torch)."),
-    eval_count: int = typer.Option(16, "--eval-count", help="Held-out images."),
+    eval_set: str = typer.Option("synthetic", "--eval", help="Held-out set: a folder of images with σ maps, or a --dataset spec of hdme bench accuracy (default: synthetic, needs torch)."),
+    eval_count: int = typer.Option(16, "--eval-count", help="Held-out images (when --eval has no :N of its own)."),
 ) -> None:
     """FP16 or INT8 variant of an FP32 ONNX, with an accuracy table against FP32 (also written as JSON beside it)."""
     from hdme.errors import HdmeError
@@ -63,7 +63,7 @@ def quantize_command(
         raise HdmeError(f"backend '{backend}': expected one of {', '.join(q.BACKENDS)}")
     if target not in q.TARGETS:
         raise HdmeError(f"target '{target}': expected one of {', '.join(q.TARGETS)}")
-    from hdme.export.evaluate import heldout_set
+    from hdme.export.evaluate import heldout_set, with_count
 
     q.require_fp32(onnx_file)
     out = out or q.default_output(onnx_file, precision, target)
@@ -79,7 +79,7 @@ def quantize_command(
             except HdmeError as exc:
                 raise HdmeError(f"{exc}; pass --calib DIR") from None
         calib_set = CalibrationSet(calib, count=calib_count)
-    heldout = heldout_set(eval_dir, count=eval_count)  # before writing anything: it may be unavailable
+    heldout = heldout_set(with_count(eval_set, eval_count))  # before writing anything: it may be unavailable
     if precision == "fp16":
         used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
         settings = {"precision": "fp16", "backend": used}
@@ -100,14 +100,14 @@ def quantize_command(
 
 
 def _report_accuracy(reference: Path, candidate: Path, settings: dict, heldout) -> None:
-    from hdme.export.evaluate import accuracy_table, print_accuracy_table
+    from hdme.export.evaluate import accuracy_table, describe, print_accuracy_table
     from hdme.io import write_json
 
     label = settings["precision"] + (f"-{settings['target']}" if settings.get("target") == "cpu" else "")
     rows = accuracy_table(reference, {label: candidate}, heldout)
     print_accuracy_table(rows, heldout)
     report = candidate.with_suffix(".json")
-    write_json(report, {"reference": reference.name, "model": candidate.name, **settings, "heldout": heldout.source, "rows": rows})
+    write_json(report, {"reference": reference.name, "model": candidate.name, **settings, "heldout": describe(heldout), "rows": rows})
     typer.echo(f"wrote {report}")
 
 

@@ -1,112 +1,79 @@
-"""Accuracy of exported models against their FP32 source on held-out data, through ONNX Runtime.
+"""Accuracy of exported models against their FP32 source, through the evaluation harness
+(hdme.evaluation) with ONNX Runtime and one pass: the numbers ``hdme bench accuracy --backend
+onnxruntime --tta none`` prints for the same set and file.
 
-The held-out set is synthetic (COCO_shuffle recipe, a fixed seed no calibration or training run
-uses) when torch and the synthesis stage are installed; otherwise a folder of images with σ maps
-(``--eval DIR``, the layout ``hdme.datasets`` reads, e.g. the test split of ``hdme data make``)."""
+The held-out set is any ``--dataset`` spec of the harness: by default the first 16 images of the
+synthetic held-out split (rendered by the training stage, so it needs torch), or a folder of images
+with σ maps (e.g. the test split of ``hdme data make``)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hdme.conventions import output_to_sigma, rgb_to_input
 from hdme.errors import HdmeError
-from hdme.metrics import map_metrics
+from hdme.evaluation import BIN_TABLE_HEADERS, EvalSet, bin_table_rows, evaluate, load_eval_set, parse_synthetic, split_limit
 
-HELDOUT_SEED = 905_577  # distinct from the seeds of training, validation and calib_data/
-HELDOUT_SIZE = 256
-HELDOUT_COUNT = 16
+DEFAULT_HELDOUT = "synthetic:16"
 
 
-@dataclass
-class HeldOut:
-    images: list[np.ndarray]  # float32 [3, H, W] RGB 0..1
-    sigmas: list[np.ndarray]  # float32 [H, W] px
-    source: str
+def with_count(spec: str, count: int) -> str:
+    """``spec`` limited to ``count`` images unless it sets its own ``:N``."""
+    head, sep, options = spec.partition(",") if parse_synthetic(spec) is not None else (spec, "", "")
+    name, limit = split_limit(head)
+    return f"{name}:{limit or count}{sep}{options}"
 
 
-def synthetic_heldout(count: int, size: int, seed: int = HELDOUT_SEED) -> HeldOut:
-    try:
-        from hdme.train.synth import SyntheticStream, get_recipe
-    except ImportError as exc:
-        raise HdmeError(
-            f"held-out synthetic data needs the training stage ({exc}); install hdme[train] "
-            "or pass --eval DIR with images and σ maps"
-        ) from None
-    batch = min(count, 8)
-    stream = SyntheticStream(get_recipe("hdme"), size, batch, seed)
-    images, sigmas = [], []
-    while len(images) < count:
-        image, sigma = stream.next_batch()
-        images.extend(image.numpy().astype(np.float32))
-        sigmas.extend(sigma[:, 0].numpy().astype(np.float32))
-    return HeldOut(images[:count], sigmas[:count], f"synthetic 'hdme' recipe, {count}×{size}², seed {seed}")
+def heldout_set(spec: str = DEFAULT_HELDOUT) -> EvalSet:
+    """The held-out set of a spec; it must carry σ maps."""
+    eval_set = load_eval_set(spec)
+    if eval_set.protocol == "mask":
+        raise HdmeError(f"{spec}: holds in-focus masks, not σ maps; the accuracy check needs σ maps")
+    return eval_set
 
 
-def folder_heldout(folder: str | os.PathLike, count: int | None = None) -> HeldOut:
-    from hdme.datasets import load_dataset
-
-    samples = [s for s in load_dataset(str(folder), limit=count) if s.sigma is not None]
-    if not samples:
-        raise HdmeError(f"{folder}: no images with σ maps to evaluate on")
-    for s in samples:
-        if s.sigma.shape != s.image.shape[:2]:
-            raise HdmeError(f"{folder}: σ map of {s.name} is {s.sigma.shape}, its image {s.image.shape[:2]}")
-    return HeldOut(
-        [rgb_to_input(s.image)[0] for s in samples],
-        [s.sigma.astype(np.float32) for s in samples],
-        f"folder {folder}, {len(samples)} images",
-    )
+def describe(eval_set: EvalSet) -> str:
+    return f"{eval_set.name}, {len(eval_set.samples)} images" + (f" ({eval_set.note})" if eval_set.note else "")
 
 
-def heldout_set(eval_dir: str | os.PathLike | None = None, count: int = HELDOUT_COUNT, size: int = HELDOUT_SIZE) -> HeldOut:
-    if eval_dir is not None:
-        return folder_heldout(eval_dir, count)
-    return synthetic_heldout(count, size)
+def accuracy_table(reference: str | os.PathLike, candidates: dict[str, str | os.PathLike], eval_set: EvalSet) -> list[dict]:
+    """One row for the FP32 reference and one per candidate: MAE (σ/10), δ1 and the σ bins against
+    the truth, the MAE increase over the reference, mean and max per-pixel difference from it in σ px."""
+    from hdme.runtime.predict import DefocusPredictor
 
-
-def predict(path: str | os.PathLike, heldout: HeldOut) -> list[np.ndarray]:
-    """Network outputs (σ/10, [1, H, W]) of an ONNX file for every held-out image."""
-    from hdme.export.onnx import ort_session, run_onnx
-
-    session = ort_session(path)
-    return [run_onnx(session, image[None])[0] for image in heldout.images]
-
-
-def accuracy_table(reference: str | os.PathLike, candidates: dict[str, str | os.PathLike], heldout: HeldOut) -> list[dict]:
-    """One row for the FP32 reference and one per candidate: MAE (σ/10) and δ1 against the truth,
-    the MAE increase over the reference, mean and max per-pixel difference from it in σ px."""
-    from hdme.metrics import error_stats
-
-    ref_out = predict(reference, heldout)
-    rows = []
+    rows, reference_maps = [], None
     for label, path in {"fp32": reference, **candidates}.items():
-        outs = ref_out if path == reference else predict(path, heldout)
-        per_image = [map_metrics(output_to_sigma(o[0]), gt) for o, gt in zip(outs, heldout.sigmas)]
-        diff = error_stats(np.concatenate([o.ravel() for o in outs]), np.concatenate([o.ravel() for o in ref_out]))
-        rows.append(
-            {
-                "model": label,
-                "file": Path(path).name,
-                "mae": float(np.mean([m["mae"] for m in per_image])),
-                "d1": float(np.nanmean([m["d1"] for m in per_image])),
-                "mean_diff_px": diff["mean"],
-                "max_diff_px": diff["max"],
-            }
-        )
+        predictor = DefocusPredictor(path, backend="onnxruntime", tta="none")
+        maps: list[np.ndarray] = []
+        try:
+            result = evaluate(predictor, eval_set, on_prediction=lambda i, sample, sigma: maps.append(sigma))
+        finally:
+            predictor.close()
+        if reference_maps is None:
+            reference_maps = maps
+        diff = np.abs(np.concatenate([m.ravel() for m in maps]).astype(np.float64) - np.concatenate([m.ravel() for m in reference_maps]))
+        rows.append({
+            "model": label,
+            "file": Path(path).name,
+            "mae": result["mean"]["mae"],
+            "d1": result["mean"]["d1"],
+            "mean_diff_px": float(diff.mean()),
+            "max_diff_px": float(diff.max()),
+            "sigma_bins": result["sigma_bins"],
+        })
     for row in rows:
         row["mae_increase"] = row["mae"] - rows[0]["mae"]
     return rows
 
 
-def print_accuracy_table(rows: list[dict], heldout: HeldOut) -> None:
+def print_accuracy_table(rows: list[dict], eval_set: EvalSet) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"accuracy against FP32 on held-out data ({heldout.source})")
+    console = Console()
+    table = Table(title=f"accuracy against FP32 on held-out data ({describe(eval_set)})")
     for col in ("model", "MAE σ/10", "ΔMAE", "δ1", "mean |Δ| px", "max |Δ| px"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for r in rows:
@@ -114,4 +81,11 @@ def print_accuracy_table(rows: list[dict], heldout: HeldOut) -> None:
             r["model"], f"{r['mae']:.5f}", f"{r['mae_increase']:+.5f}", f"{r['d1']:.4f}",
             f"{r['mean_diff_px']:.4f}", f"{r['max_diff_px']:.3f}",
         )
-    Console().print(table)
+    console.print(table)
+    bins = Table(title="by true σ")
+    for i, col in enumerate(("model", *BIN_TABLE_HEADERS)):
+        bins.add_column(col, justify="left" if i < 2 else "right")
+    for r in rows:
+        for cells in bin_table_rows(r["sigma_bins"]):
+            bins.add_row(r["model"], *cells)
+    console.print(bins)

@@ -11,7 +11,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from hdme.conventions import SIGMA_SCALE, output_to_sigma
+from hdme.conventions import SIGMA_BIN_EDGES, SIGMA_SCALE, output_to_sigma
 from hdme.errors import HdmeError
 
 RATIO_MIN_SIGMA = 0.5  # px
@@ -143,3 +143,53 @@ def error_stats(out_a: np.ndarray, out_b: np.ndarray) -> dict[str, float]:
         "p99": float(np.percentile(err, 99)),
         "max": float(err.max()),
     }
+
+
+# Truth beyond the last edge of SIGMA_BIN_EDGES gets a bin of its own.
+SIGMA_BIN_NAMES = tuple(f"{lo:g}-{hi:g}" for lo, hi in zip(SIGMA_BIN_EDGES, SIGMA_BIN_EDGES[1:])) + (f">{SIGMA_BIN_EDGES[-1]:g}",)
+
+
+class SigmaBins:
+    """Per-pixel sums over images in bins of the true σ: mean predicted against mean true σ, MAE,
+    the bin's share of the pixels and of the total absolute error.
+
+    Bins are [0, 1), [1, 3), [3, 5), [5, 7), [7, 10] px and (10, ∞); pixels of all images count
+    alike (unlike the per-image means of ``map_metrics``)."""
+
+    def __init__(self) -> None:
+        n = len(SIGMA_BIN_NAMES)
+        self.count = np.zeros(n, np.int64)
+        self.true_sum, self.pred_sum, self.abs_sum = np.zeros(n), np.zeros(n), np.zeros(n)
+
+    def add(self, pred_sigma: np.ndarray, gt_sigma: np.ndarray) -> None:
+        """Accumulate one image over the region both maps share (the top-left, as ``rtf_metrics``)."""
+        h, w = min(pred_sigma.shape[0], gt_sigma.shape[0]), min(pred_sigma.shape[1], gt_sigma.shape[1])
+        t = np.asarray(gt_sigma[:h, :w], dtype=np.float64).ravel()
+        p = np.asarray(pred_sigma[:h, :w], dtype=np.float64).ravel()
+        idx = np.where(t > SIGMA_BIN_EDGES[-1], len(SIGMA_BIN_NAMES) - 1,
+                       np.searchsorted(SIGMA_BIN_EDGES[1:-1], t, side="right"))
+        n = len(SIGMA_BIN_NAMES)
+        self.count += np.bincount(idx, minlength=n)
+        self.true_sum += np.bincount(idx, t, minlength=n)
+        self.pred_sum += np.bincount(idx, p, minlength=n)
+        self.abs_sum += np.bincount(idx, np.abs(p - t), minlength=n)
+
+    def rows(self) -> list[dict]:
+        """One dict per bin (the last only when some truth lies beyond 10 px): ``bin``, ``share``
+        of the pixels, ``true`` and ``pred`` mean σ px, ``mae`` (σ/10) and ``error_share`` of the
+        absolute error; None where a bin has no pixels."""
+        total, total_abs = max(int(self.count.sum()), 1), max(float(self.abs_sum.sum()), 1e-12)
+        out = []
+        for i, name in enumerate(SIGMA_BIN_NAMES):
+            n = int(self.count[i])
+            if i == len(SIGMA_BIN_NAMES) - 1 and n == 0:
+                break
+            out.append({
+                "bin": name,
+                "share": n / total,
+                "true": float(self.true_sum[i] / n) if n else None,
+                "pred": float(self.pred_sum[i] / n) if n else None,
+                "mae": float(self.abs_sum[i] / n / SIGMA_SCALE) if n else None,
+                "error_share": float(self.abs_sum[i] / total_abs),
+            })
+        return out

@@ -8,39 +8,37 @@ Protocols (hdme.metrics):
   images, with DMENet's published per-image MAE beside.
 - Masks (CUHK, DUT, folders with masks): best F (β² = 0.3, in-focus region positive) over thresholds
   of the per-image normalised map, and the MAE of that map; per image, then the mean.
-Latency is the wall time of ``predict`` per image (after one warm-up image), in ms.
+- Every set with σ maps also gets rows per bin of the true σ (hdme.metrics.SigmaBins): mean predicted
+  against mean true σ, MAE, share of the pixels and of the error.
+Latency is the wall time of ``predict`` per image (after one warm-up image), in ms. Sets are built and
+scored by the evaluation harness (hdme.evaluation).
 
-The JSON keeps per-image results and the small amount of picture data the report draws (binned error
-against true σ, one row profile per RTF image, thumbnails of a few inputs, truths and predictions).
+The JSON keeps per-image results, the σ bins and the small amount of picture data the report draws
+(one row profile per RTF image, thumbnails of a few inputs, truths and predictions).
 """
 
 from __future__ import annotations
 
 import base64
 import platform
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Callable, Iterable
 
 import cv2
 import numpy as np
 
 from hdme import __version__
-from hdme.conventions import SIGMA_MAX
-from hdme.datasets import Sample, load_dataset
+from hdme.datasets import Sample
 from hdme.errors import HdmeError
-from hdme.metrics import blur_detection_metrics, map_metrics, mean_metrics, rtf_metrics
+from hdme.evaluation import BIN_TABLE_HEADERS, EvalSet, SigmaPredictor, bin_table_rows, load_eval_set
+from hdme.evaluation import evaluate as harness_evaluate
 
 RESULTS_KIND = "hdme-accuracy"
-SYNTHETIC_SEED = 7_000_001  # held out: training seeds are small integers
-SYNTHETIC_SIZE = 256
-SYNTHETIC_COUNT = 100
 # DMENet_BDCS, re-released checkpoint, per-image MAE (σ/3.275) on the public RTF images
 # (codeslake/DMENet evaluation/readme.md); their mean is 0.0504.
 DMENET_RTF_MAE = {"image_01": 0.0643, "image_05": 0.0335, "image_22": 0.0535}
-ERROR_BIN_EDGES = np.arange(0.0, SIGMA_MAX + 0.25, 0.5)
 FIGURE_IMAGES = 3  # images per dataset kept as thumbnails for the report's grid
 THUMB_SIDE = 160
 THUMB_SIGMA_STEP = 0.04  # px per level of the 8-bit σ thumbnails (0–10.2 px)
@@ -51,10 +49,6 @@ PROTOCOL_COLUMNS = {
     "rtf": (("mae", "MAE"), ("mse", "MSE")),
     "mask": (("best_f", "best F"), ("mae", "MAE")),
 }
-
-
-class SigmaPredictor(Protocol):
-    def predict(self, rgb: np.ndarray) -> np.ndarray: ...
 
 
 @dataclass
@@ -74,14 +68,6 @@ class Method:
             return "Zhuo–Sim (2011)"
         views = "" if self.tta == "none" else f" · {self.tta}"
         return f"{Path(self.model).name if self.model else 'default'} · {self.backend} · {self.precision}{views}"
-
-
-@dataclass
-class Dataset:
-    name: str
-    protocol: str  # "map", "rtf" or "mask"
-    samples: list[Sample]
-    note: str = ""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -144,61 +130,6 @@ def _describe_backend(predictor: SigmaPredictor, method: Method) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# Datasets
-
-
-def synthetic_samples(count: int = SYNTHETIC_COUNT, size: int = SYNTHETIC_SIZE, seed: int = SYNTHETIC_SEED) -> list[Sample]:
-    """A fixed-seed held-out synthetic set rendered by hdme.train.synth (needs torch)."""
-    try:
-        from hdme.train.synth import SyntheticStream, get_recipe
-    except ImportError as exc:
-        raise HdmeError(
-            f"dataset 'synthetic' needs the training extra ({exc}); install 'hdme[train]' or pass a set made "
-            "by `hdme data make OUT` as --dataset OUT"
-        ) from None
-    stream = SyntheticStream(get_recipe("hdme"), size=size, batch=1, seed=seed)
-    samples = []
-    for i in range(count):
-        image, sigma = stream.next_batch()
-        rgb = np.clip(np.asarray(image[0]).transpose(1, 2, 0) * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        samples.append(Sample(f"synthetic_{i:04d}", rgb, sigma=np.asarray(sigma[0, 0], dtype=np.float32)))
-    return samples
-
-
-def _split_limit(spec: str) -> tuple[str, int | None]:
-    name, sep, count = spec.rpartition(":")
-    if sep and count.isdigit() and not Path(spec).exists():
-        if int(count) < 1:
-            raise HdmeError(f"dataset '{spec}': the count after ':' must be at least 1")
-        return name, int(count)
-    return spec, None
-
-
-def load_benchmark_dataset(spec: str) -> Dataset:
-    """``synthetic[:N]``, ``rtf``, ``cuhk``, ``dut`` (each with an optional ``:N`` limit) or a folder;
-    a folder made by ``hdme data make`` is read from its ``test`` split."""
-    name, limit = _split_limit(spec)
-    if name == "synthetic":
-        return Dataset("synthetic", "map", synthetic_samples(limit or SYNTHETIC_COUNT), f"seed {SYNTHETIC_SEED}, {SYNTHETIC_SIZE}²")
-    note = ""
-    path = Path(name)
-    if name not in ("rtf", "cuhk", "dut") and (path / "manifest.json").is_file() and (path / "test").is_dir():
-        path = path / "test"
-        note = f"test split of {name}"
-        name = str(path)
-    samples = load_dataset(name, limit=limit)
-    if name == "rtf":
-        protocol = "rtf"
-    else:
-        kinds = {s.kind for s in samples}
-        if len(kinds) > 1:
-            raise HdmeError(f"dataset '{spec}' mixes σ maps and masks; split it into two folders")
-        protocol = kinds.pop()
-    label = name if name in ("rtf", "cuhk", "dut") else Path(spec).name or spec
-    return Dataset(label, protocol, samples, note)
-
-
-# ---------------------------------------------------------------------------------------------
 # Evaluation
 
 
@@ -248,61 +179,12 @@ def _truth_thumbs(sample: Sample) -> dict:
     return out
 
 
-def score(protocol: str, pred: np.ndarray, sample: Sample) -> dict[str, float]:
-    if protocol == "rtf":
-        return rtf_metrics(pred, sample.sigma)
-    if protocol == "map":
-        return map_metrics(pred, sample.sigma)
-    return blur_detection_metrics(pred, sample.in_focus)
-
-
-class _ErrorBySigma:
-    """Mean |error| of σ (px) in bins of the true σ, accumulated over images."""
-
-    def __init__(self) -> None:
-        self.abs_sum = np.zeros(len(ERROR_BIN_EDGES) - 1)
-        self.signed_sum = np.zeros(len(ERROR_BIN_EDGES) - 1)
-        self.count = np.zeros(len(ERROR_BIN_EDGES) - 1, np.int64)
-
-    def add(self, pred: np.ndarray, truth: np.ndarray) -> None:
-        h, w = min(pred.shape[0], truth.shape[0]), min(pred.shape[1], truth.shape[1])
-        t = truth[:h, :w].ravel().astype(np.float64)
-        e = pred[:h, :w].ravel().astype(np.float64) - t
-        idx = np.clip(np.digitize(t, ERROR_BIN_EDGES) - 1, 0, len(self.count) - 1)
-        self.abs_sum += np.bincount(idx, np.abs(e), minlength=len(self.count))
-        self.signed_sum += np.bincount(idx, e, minlength=len(self.count))
-        self.count += np.bincount(idx, minlength=len(self.count))
-
-    def to_json(self) -> dict:
-        n = np.maximum(self.count, 1)
-        used = self.count > 0
-        return {
-            "bin_edges": ERROR_BIN_EDGES.tolist(),
-            "count": self.count.tolist(),
-            "mean_abs_error": np.where(used, self.abs_sum / n, np.nan).round(5).tolist(),
-            "mean_error": np.where(used, self.signed_sum / n, np.nan).round(5).tolist(),
-        }
-
-
-def evaluate(predictor: SigmaPredictor, dataset: Dataset, on_image: Callable[[], None] | None = None) -> dict:
-    """Run one predictor over one dataset: mean metrics, per-image metrics, latency, figure data."""
-    per_image = []
-    errors = _ErrorBySigma() if dataset.protocol in ("map", "rtf") else None
+def evaluate(predictor: SigmaPredictor, dataset: EvalSet, on_image: Callable[[], None] | None = None) -> dict:
+    """The harness's ``evaluate`` plus what the report draws: thumbnails of the first predictions,
+    the middle row of each RTF prediction, DMENet's published MAE beside each RTF image."""
     maps, profiles = {}, {}
-    predictor.predict(dataset.samples[0].image)  # warm-up: first-call costs are not per-image latency
-    for i, sample in enumerate(dataset.samples):
-        start = time.perf_counter()
-        pred = np.asarray(predictor.predict(sample.image), dtype=np.float32)
-        ms = (time.perf_counter() - start) * 1e3
-        if pred.shape != sample.image.shape[:2]:
-            raise HdmeError(f"{sample.name}: the predictor returned {pred.shape}, not the image's {sample.image.shape[:2]}")
-        metrics = score(dataset.protocol, pred, sample)
-        entry = {"name": sample.name, "ms": round(ms, 3), **{k: round(v, 6) for k, v in metrics.items()}}
-        if dataset.protocol == "rtf" and sample.name in DMENET_RTF_MAE:
-            entry["dmenet_mae"] = DMENET_RTF_MAE[sample.name]
-        per_image.append(entry)
-        if errors is not None:
-            errors.add(pred, sample.sigma)
+
+    def keep(i: int, sample, pred: np.ndarray) -> None:
         if i < FIGURE_IMAGES:
             maps[sample.name] = encode_sigma_thumb(pred)
         if dataset.protocol == "rtf":
@@ -310,15 +192,13 @@ def evaluate(predictor: SigmaPredictor, dataset: Dataset, on_image: Callable[[],
             profiles[sample.name] = {"row": row, "pred": pred[row].round(3).tolist()}
         if on_image:
             on_image()
-    metrics_only = [{k: v for k, v in e.items() if k not in ("name", "ms", "dmenet_mae")} for e in per_image]
-    out = {
-        "mean": mean_metrics(metrics_only),
-        "latency_ms": float(np.mean([e["ms"] for e in per_image])),
-        "per_image": per_image,
-        "maps": maps,
-    }
-    if errors is not None:
-        out["error_by_sigma"] = errors.to_json()
+
+    out = harness_evaluate(predictor, dataset, on_prediction=keep)
+    if dataset.protocol == "rtf":
+        for entry in out["per_image"]:
+            if entry["name"] in DMENET_RTF_MAE:
+                entry["dmenet_mae"] = DMENET_RTF_MAE[entry["name"]]
+    out["maps"] = maps
     if profiles:
         out["profiles"] = profiles
     return out
@@ -332,11 +212,11 @@ def run_accuracy(
 ) -> dict:
     """Evaluate every method on every dataset; unavailable datasets and models are reported in one
     line each and left out, the rest still run. Returns the results document (see module doc)."""
-    datasets: list[Dataset] = []
+    datasets: list[EvalSet] = []
     skipped: dict[str, str] = {}
     for spec in dataset_specs:
         try:
-            dataset = load_benchmark_dataset(spec)
+            dataset = load_eval_set(spec)
         except HdmeError as exc:
             skipped[spec] = str(exc)
             report(f"skipping dataset {spec}: {exc}")
@@ -493,6 +373,21 @@ def markdown_table(headers: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def sigma_bin_tables(results: dict) -> dict[str, list[list[str]]]:
+    """Per set with σ maps: one row per run and bin of the true σ (method first, then
+    ``BIN_TABLE_HEADERS``)."""
+    tables = {}
+    for name, info in results["datasets"].items():
+        rows = []
+        for run in results["runs"]:
+            bins = run["datasets"].get(name, {}).get("sigma_bins")
+            if bins:
+                rows += [[run["label"], *cells] for cells in bin_table_rows(bins)]
+        if rows:
+            tables[name] = rows
+    return tables
+
+
 def render_markdown(results: dict) -> str:
     cols = table_columns(results)
     rows = accuracy_rows(results)
@@ -506,6 +401,8 @@ def render_markdown(results: dict) -> str:
         f"images. ms/img: wall time of one prediction on {results['machine']['processor']} "
         f"({results['machine']['platform']}).",
     ]
+    for name, rows in sigma_bin_tables(results).items():
+        parts += ["", f"### {name}, by true σ", "", markdown_table(["method", *BIN_TABLE_HEADERS], rows)]
     per_image = rtf_per_image_rows(results)
     if per_image:
         heads = list(per_image[0].keys())
@@ -534,6 +431,13 @@ def print_table(results: dict, console=None) -> None:
     console = console or Console()
     console.width = max(console.width, needed)
     console.print(table)
+    for name, bin_rows in sigma_bin_tables(results).items():
+        table = Table(title=f"{name}, by true σ")
+        for i, header in enumerate(("method", *BIN_TABLE_HEADERS)):
+            table.add_column(header, justify="left" if i < 2 else "right", no_wrap=True)
+        for row in bin_rows:
+            table.add_row(*row)
+        console.print(table)
 
 
 DEFAULT_DATASETS = ("synthetic", "rtf", "cuhk", "dut")

@@ -273,7 +273,7 @@ def bench_latency_command(
 
 @bench_app.command("accuracy")
 def bench_accuracy_command(
-    datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="synthetic[:N] | rtf | cuhk | dut | DIR, each with an optional :N limit; repeatable (default: synthetic and every real set found)."),
+    datasets: Optional[List[str]] = typer.Option(None, "--dataset", help="synthetic, away-leaves, away-dof, away-large (rendered from fixed seeds; options ,size=N ,seed=N ,recipe=R) | rtf | cuhk | dut | DIR, each with an optional :N limit; repeatable (default: synthetic and every real set found)."),
     models: Optional[List[str]] = typer.Option(None, "--model", help=MODEL_HELP + " Repeatable; precision is read from the model's own metadata."),
     engines: Optional[List[Path]] = typer.Option(None, "--engine", help="TensorRT engines; repeatable (same as --model FILE.engine)."),
     backends: Optional[List[str]] = typer.Option(None, "--backend", help=BACKEND_HELP + " Repeatable."),
@@ -344,7 +344,7 @@ def bench_report_command(
     results: List[Path] = typer.Argument(..., help="Results of hdme bench accuracy --json and/or hdme bench latency --json."),
     out: Path = typer.Option(..., "--out", help="Folder for report.md and its PNG figures."),
 ) -> None:
-    """Markdown report with figures: error vs true σ, RTF row profiles, map grids, latency vs resolution."""
+    """Markdown report with figures: predicted vs true σ per bin, RTF row profiles, map grids, latency vs resolution."""
     from hdme.runtime.report import build_report
 
     _console().print(f"report: {build_report(results, out)}")

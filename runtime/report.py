@@ -1,6 +1,6 @@
 """``hdme bench report``: a Markdown report with PNG figures from accuracy (and latency) results.
 
-Figures: mean |error| against true σ per run; the map along one row of each RTF image against its
+Figures: mean predicted against mean true σ per bin of the true σ, per run; the map along one row of each RTF image against its
 ground truth (paper Fig. 5/7 style); input / truth / prediction / error grids on a fixed σ colour
 scale; latency against resolution from ``hdme bench latency --json`` output.
 """
@@ -111,27 +111,30 @@ def latency_records(doc) -> list[dict]:
 # Figures
 
 
-def plot_error_vs_sigma(results: dict, path: Path) -> Path | None:
-    names = [n for n, info in results["datasets"].items() if info["protocol"] in ("map", "rtf")]
-    if not names or not results["runs"]:
+def plot_sigma_bins(results: dict, path: Path) -> Path | None:
+    """Per set with σ maps: mean predicted against mean true σ in each bin of the true σ, one line per
+    run, with the identity (a perfect model) for reference."""
+    names = [n for n in results["datasets"] if any(r["datasets"].get(n, {}).get("sigma_bins") for r in results["runs"])]
+    if not names:
         return None
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.0 * len(names), 4.4), dpi=110, squeeze=False)
     for ax, name in zip(axes[0], names):
+        top = 0.0
         for run in results["runs"]:
-            hist = run["datasets"].get(name, {}).get("error_by_sigma")
-            if not hist:
+            bins = [b for b in run["datasets"].get(name, {}).get("sigma_bins", []) if b["true"] is not None]
+            if not bins:
                 continue
-            edges = np.asarray(hist["bin_edges"])
-            centres = 0.5 * (edges[:-1] + edges[1:])
-            mae = np.asarray(hist["mean_abs_error"], dtype=float)
-            bias = np.asarray(hist["mean_error"], dtype=float)
-            line = ax.plot(centres, mae, marker="o", ms=3, label=f"{run['label']} |error|")
-            ax.plot(centres, bias, ls="--", lw=0.9, color=line[0].get_color(), label=f"{run['label']} bias")
-        ax.axhline(0, color="grey", lw=0.6)
-        ax.set_xlabel("true σ (px)")
-        ax.set_ylabel("error of σ (px)")
-        ax.set_title(f"{name}: error against true σ")
+            true = [b["true"] for b in bins]
+            pred = [b["pred"] for b in bins]
+            ax.plot(true, pred, marker="o", ms=4, label=run["label"])
+            for b in bins:
+                ax.annotate(b["bin"], (b["true"], b["pred"]), fontsize=6, xytext=(3, -8), textcoords="offset points")
+            top = max(top, *true, *pred)
+        ax.plot([0, top], [0, top], color="grey", lw=0.8, ls="--", label="predicted = true")
+        ax.set_xlabel("mean true σ in the bin (px)")
+        ax.set_ylabel("mean predicted σ (px)")
+        ax.set_title(f"{name}: predicted against true σ")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.tight_layout()
@@ -221,7 +224,7 @@ def build_report(result_files: list[str | os.PathLike], out_dir: str | os.PathLi
     if results:
         parts += [f"Results of hdme {results.get('hdme_version', '?')}, {results.get('created', '')}.", "", render_markdown(results)]
         figures = [
-            ("Error against true σ (solid: mean |error|, dashed: mean signed error)", plot_error_vs_sigma(results, out_dir / "error_vs_sigma.png")),
+            ("Mean predicted against mean true σ per bin of the true σ", plot_sigma_bins(results, out_dir / "sigma_bins.png")),
             ("σ along the middle row of each RTF image against the ground truth", plot_rtf_profiles(results, out_dir / "rtf_profiles.png")),
         ]
         for name in results["datasets"]:

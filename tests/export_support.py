@@ -79,4 +79,4 @@ def calib_dir(tmp_path_factory):
 def heldout():
     from hdme.export.evaluate import heldout_set
 
-    return heldout_set(count=4, size=SIZE)
+    return heldout_set(f"synthetic:4,size={SIZE}")

@@ -16,8 +16,8 @@ def gaussian_psf(sigma: float) -> np.ndarray:
 
 
 def scatter_render(sharp: np.ndarray, sigma: np.ndarray, pad: int, psf=gaussian_psf) -> np.ndarray:
-    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own PSF ``psf(σ)`` (a 2-D
-    kernel of odd side; OpenCV's Gaussian by default).
+    """Every source pixel of ``sharp`` (H×W×C float) spreads with its own PSF ``psf(σ)`` (a centred,
+    odd-sided kernel; OpenCV's Gaussian of σ px by default).
 
     Source and map are reflect-padded by ``pad`` (border handling only; compare away from borders).
     """

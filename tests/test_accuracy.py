@@ -11,12 +11,12 @@ from typer.testing import CliRunner
 from hdme.conventions import save_sigma_map
 from hdme.datasets import load_dataset, shared_data_dir
 from hdme.errors import HdmeError
+from hdme.evaluation import load_eval_set
 from hdme.runtime.accuracy import (
     DMENET_RTF_MAE,
     Method,
     accuracy_rows,
     decode_sigma_thumb,
-    load_benchmark_dataset,
     methods_for,
     render_markdown,
     run_accuracy,
@@ -111,11 +111,12 @@ def test_one_table_and_figure_data(map_dir, mask_dir):
     assert row["maps/rmse"] == 0.0 and row["label"] == "truth · stand-in · fp32"
     md = render_markdown(res)
     assert "| method | backend | precision |" in md and "maps RMSE px" in md and "masks best F" in md
-    # figure data: error histogram is zero wherever truth exists; thumbnails decode to the truth
-    hist = res["runs"][0]["datasets"]["maps"]["error_by_sigma"]
-    counts = np.array(hist["count"])
-    assert counts.sum() == 3 * 48 * 64
-    assert np.nanmax(hist["mean_abs_error"]) == 0.0
+    # σ bins: the truth reads as itself in every bin with pixels; thumbnails decode to the truth
+    bins = res["runs"][0]["datasets"]["maps"]["sigma_bins"]
+    assert [b["bin"] for b in bins] == ["0-1", "1-3", "3-5", "5-7", "7-10"]
+    assert sum(b["share"] for b in bins) == pytest.approx(1.0)
+    assert all(b["mae"] == 0.0 and b["pred"] == b["true"] for b in bins if b["true"] is not None)
+    assert "### maps, by true σ" in md and "masks, by true σ" not in md
     thumb = decode_sigma_thumb(res["runs"][0]["datasets"]["maps"]["maps"]["s1"])
     assert thumb.shape == (48, 64) and np.allclose(thumb[:, :30], 1.24, atol=0.04)
     json.dumps(res)  # serialisable as is
@@ -176,7 +177,7 @@ def test_data_make_root_reads_its_test_split(map_dir, tmp_path):
     (root / "manifest.json").write_text("{}")
     for sub in ("image", "defocus"):
         (map_dir / sub).rename(root / "test" / sub)
-    ds = load_benchmark_dataset(f"{root}:2")
+    ds = load_eval_set(f"{root}:2")
     assert ds.protocol == "map" and len(ds.samples) == 2 and "test split" in ds.note
 
 
@@ -196,7 +197,7 @@ def test_synthetic_set_is_fixed_by_its_seed():
     synth = pytest.importorskip("hdme.train.synth")
     if not hasattr(synth, "SyntheticStream"):
         pytest.skip("hdme.train.synth has no SyntheticStream yet")
-    a, b = load_benchmark_dataset("synthetic:2"), load_benchmark_dataset("synthetic:2")
+    a, b = load_eval_set("synthetic:2"), load_eval_set("synthetic:2")
     assert len(a.samples) == 2 and a.protocol == "map"
     assert all(np.array_equal(x.image, y.image) and np.array_equal(x.sigma, y.sigma) for x, y in zip(a.samples, b.samples))
 
@@ -206,7 +207,7 @@ def test_real_datasets_with_truth_and_zhuo_sim():
     specs = [s for s in ("rtf", "cuhk:2", "dut:2") if _present(s)]
     if not specs:
         pytest.skip("none of rtf, cuhk, dut under ../shared/data")
-    samples = [s for spec in specs for s in load_benchmark_dataset(spec).samples]
+    samples = [s for spec in specs for s in load_eval_set(spec).samples]
     res = run_accuracy(specs, [stand_in("truth", TruthPredictor(samples)), methods_for([], [], ["zhuo-sim"])[0]], progress=False)
     truth, classic = res["runs"]
     for name, info in res["datasets"].items():

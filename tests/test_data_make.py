@@ -132,3 +132,16 @@ def test_a_killed_runs_empty_temp_file_is_removed_on_resume(tmp_path):
     assert sorted(p.name for p in (tmp_path / "set").iterdir()) == [f"{i:06d}.png" for i in range(4)] + ["manifest.json"]
     calib = CalibrationSet(tmp_path / "set")
     assert len(calib) == 4 and all(calib.load(i).shape == (3, 256, 256) for i in range(4))
+
+
+def test_away_recipe_writes_its_scenes_and_takes_no_overrides(tmp_path):
+    result = runner.invoke(app, ["data", "make", str(tmp_path / "leaves"), "--count", "2", "--size", "48", "--recipe", "away-leaves", "--workers", "2"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    manifest = json.loads((tmp_path / "leaves" / "manifest.json").read_text())
+    assert manifest["recipe"]["kind"] == "away" and manifest["recipe"]["psf"] == {"hexagon": 0.5, "ring": 0.5}
+    for s in manifest["samples"]:
+        assert s["kind"] == "leaves" and s["psf"] in ("hexagon", "ring")
+        sigma = load_sigma_map(tmp_path / "leaves" / s["split"] / "defocus" / f"{s['name']}.png")
+        assert sigma.min() < 2.0 and sigma.max() > 8.0  # σ spans the range in every image
+    result = runner.invoke(app, ["data", "make", str(tmp_path / "x"), "--count", "2", "--recipe", "away-dof", "--noise", "none"])
+    assert result.exit_code != 0 and "do not apply" in str(result.exception)

@@ -210,7 +210,7 @@ def test_cli_quantize_writes_model_and_accuracy_json(quantized, tmp_path):
                                       "--eval", str(heldout_dir)])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "cli.fp16.json").read_text())
-    assert report["precision"] == "fp16" and report["heldout"].startswith("folder")
+    assert report["precision"] == "fp16" and report["heldout"] == "heldout, 2 images"
     assert [r["model"] for r in report["rows"]] == ["fp32", "fp16"]
     assert report["rows"][1]["max_diff_px"] > 0.0
     again = CliRunner().invoke(app, ["export", "quantize", str(out), "--precision", "int8"])
@@ -252,9 +252,9 @@ def test_onnx_steps_run_without_torch(quantized, calib_dir, tmp_path):
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert lines[-1] == "ok"
-    assert "pass --eval DIR" in lines[-2]  # the synthetic held-out set needs torch: one clear line
+    assert "hdme data make" in lines[-2]  # the synthetic held-out set needs torch: one clear line
     assert not (tmp_path / "f.fp16.onnx").exists()
-    assert json.loads((tmp_path / "m.int8-cpu.json").read_text())["heldout"].startswith("folder")
+    assert json.loads((tmp_path / "m.int8-cpu.json").read_text())["heldout"] == "heldout, 1 images"
     assert (tmp_path / "repo" / "m-int8-cpu" / "1" / "model.onnx").is_file()
 
 

@@ -56,7 +56,7 @@ def test_report_renders_every_figure(accuracy_json, latency_json, tmp_path):
     out = tmp_path / "report"
     md_path = build_report([accuracy_json, latency_json], out)
     md = md_path.read_text()
-    figures = ["error_vs_sigma.png", "grid_set.png", "latency_vs_resolution.png"]
+    figures = ["sigma_bins.png", "grid_set.png", "latency_vs_resolution.png"]
     if "rtf" in json.loads(accuracy_json.read_text())["datasets"]:
         figures += ["rtf_profiles.png", "grid_rtf.png"]
     for name in figures:

@@ -93,3 +93,30 @@ def test_psf_per_sample(rng):
 def test_level_grid_spans_zero_to_ten():
     levels = sigma_levels()
     assert levels[0] == 0.0 and levels[-1] == 10.0 and list(levels) == sorted(levels)
+
+
+@pytest.mark.parametrize("shape", PSF_SHAPES)
+def test_every_psf_shape_matches_a_brute_force_scatter_on_its_levels(rng, shape):
+    # On the grid's own levels the layered render is the scatter itself, whatever the PSF's shape.
+    n = 30
+    sharp = rng.random((n, n, 3))
+    levels = np.array(sigma_levels())
+    sigma = levels[rng.integers(0, 20, (n, n))]
+    out = render_defocus(_to_torch(sharp), torch.from_numpy(sigma.astype(np.float32))[None, None], psf=shape)
+    ref = scatter_render(sharp, sigma, pad=n - 1, psf=lambda s: psf_kernel(shape, s))
+    assert np.abs(_to_numpy(out) - ref).max() <= 1e-3 / 255.0
+
+
+def test_hexagon_and_ring_are_their_shapes():
+    sigma = 6.0
+    hexagon, ring, disc = (psf_kernel(s, sigma) for s in ("hexagon", "ring", "disc"))
+    r = ring.shape[0] // 2
+    # the ring is brighter near its rim than at its centre; a disc is flat inside
+    assert ring[r, r + int(0.8 * r)] > 2.0 * ring[r, r]
+    assert disc[r, r] == pytest.approx(disc.max())
+    # the hexagon's support reaches further along its corners than along its flat sides
+    h = hexagon.shape[0] // 2
+    angles = np.linspace(0, np.pi / 3, 61)
+    reach = [max(t for t in np.arange(0, h, 0.25) if hexagon[int(round(h + t * np.sin(a))), int(round(h + t * np.cos(a)))] > 0)
+             for a in angles]
+    assert max(reach) - min(reach) >= 1.0

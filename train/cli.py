@@ -105,7 +105,7 @@ def data_make(
     count: int = typer.Option(..., "--count", help="Number of samples."),
     size: int = typer.Option(256, "--size", help="Square crop side, px."),
     source: str = typer.Option("bundled", "--source", help="bundled (scikit-image photos), a folder, or coco:DIR."),
-    recipe: str = typer.Option("paper", "--recipe", help="paper, hdme, or a recipe JSON file."),
+    recipe: str = typer.Option("paper", "--recipe", help="paper, hdme, away-leaves, away-dof, away-large (evaluation sets away from the training mix), or a recipe JSON file."),
     maps: Optional[str] = typer.Option(None, "--maps", help="Comma-separated map kinds to use, equally weighted: patch,gaussian,segment,depth."),
     noise: Optional[str] = typer.Option(None, "--noise", help="none, paper or camera (default: the recipe's)."),
     shuffle: Optional[str] = typer.Option(None, "--shuffle", help="full, rowcol or none (default: the recipe's)."),

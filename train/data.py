@@ -16,10 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, IterableDataset, get_worker_info
 
-from hdme.conventions import load_sigma_map
+from hdme.conventions import load_sigma_map, output_to_sigma, rgb_to_input
 from hdme.errors import HdmeError
 from hdme.images import list_images, read_image, size_text
-from hdme.metrics import map_metrics, mean_metrics
 
 VAL_SEED = 20240601  # the fixed validation split never depends on the run's seed
 MAP_SUFFIXES = (".png", ".npy")
@@ -155,40 +154,32 @@ def _single_threaded(_: int) -> None:
     cv2.setNumThreads(1)  # the parallelism comes from the worker processes
 
 
-def synthetic_split(recipe: Any, size: int, count: int, seed: int = VAL_SEED, batch: int = 16,
-                    sources: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """A fixed synthetic set (images, σ px) on the CPU, generated once."""
-    from hdme.train.synth import SyntheticStream
+class ModelPredictor:
+    """A torch model as an engine of the evaluation harness (hdme.evaluation): RGB uint8 → σ px, one
+    image at a time, the same operations as the runtime's torch backend with one pass, so both
+    score a set alike. ``amp_dtype``: autocast on the device (as training uses on CUDA)."""
 
-    stream = SyntheticStream(recipe, size, min(batch, count), seed, device="cpu", sources=sources)
-    images, sigmas = [], []
-    while sum(len(x) for x in images) < count:
-        image, sigma = stream.next_batch()
-        images.append(image.cpu())
-        sigmas.append(sigma.cpu())
-    return torch.cat(images)[:count], torch.cat(sigmas)[:count]
+    def __init__(self, model: torch.nn.Module, device: torch.device, amp_dtype: torch.dtype | None = None):
+        self.model, self.device, self.amp_dtype = model, device, amp_dtype
+
+    @torch.inference_mode()
+    def predict(self, rgb: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(rgb_to_input(rgb)).to(self.device)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            out = self.model(x)
+        return output_to_sigma(out.float().cpu().numpy()[0, 0])
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, images: torch.Tensor, sigmas: torch.Tensor, device: torch.device,
-             batch: int = 16, amp_dtype: torch.dtype | None = None) -> dict[str, float]:
-    """Mean per-image ``map_metrics`` of the model's σ (output × 10) against the truth."""
-    from hdme.conventions import SIGMA_SCALE
+def evaluate(model: torch.nn.Module, eval_set: Any, device: torch.device, amp_dtype: torch.dtype | None = None) -> dict:
+    """The harness's ``evaluate`` of the model in eval mode (restored afterwards)."""
+    from hdme.evaluation import evaluate as harness_evaluate
 
     was_training = model.training
     model.eval()
-    rows = []
     try:
-        for i in range(0, len(images), batch):
-            x = images[i : i + batch].to(device)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                out = model(x)
-            pred = out.float().cpu().numpy()[:, 0] * SIGMA_SCALE
-            truth = sigmas[i : i + batch].numpy()[:, 0]
-            rows += [map_metrics(p, t) for p, t in zip(pred, truth)]
+        return harness_evaluate(ModelPredictor(model, device, amp_dtype), eval_set)
     finally:
         model.train(was_training)
-    return mean_metrics(rows)
 
 
 def find_pairs(root: str | Path) -> list[tuple[Path, Path]]:

@@ -55,9 +55,11 @@ class MakeArgs:
 
 def resolve_recipe(name: str, maps: list[str] | None, noise: str | None, shuffle: str | None):
     """The named recipe with the command-line overrides applied (maps given → equal weights)."""
-    from hdme.train.synth import get_recipe
+    from hdme.train.synth import SynthRecipe, get_recipe
 
     recipe = get_recipe(name)
+    if not isinstance(recipe, SynthRecipe) and (maps or noise is not None or shuffle is not None):
+        raise HdmeError(f"recipe '{name}' draws its own scenes and noise; --maps, --noise and --shuffle do not apply")
     changes = {}
     if maps:
         changes["maps"] = {m: 1.0 for m in maps}
@@ -108,11 +110,11 @@ _worker: dict = {}
 def _init_worker(args: MakeArgs) -> None:
     import torch
 
-    from hdme.train.synth import SynthRecipe
+    from hdme.train.synth.recipe import recipe_from_dict
 
     torch.set_num_threads(1)  # parallelism comes from the worker processes
     _worker["args"] = args
-    _worker["recipe"] = SynthRecipe(**args.recipe_used)
+    _worker["recipe"] = recipe_from_dict(args.recipe_used, args.recipe_used["name"])
     _worker["source"] = open_source(args.source)
 
 

@@ -8,11 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hdme.metrics import MAP_METRICS
+from hdme.metrics import MAP_METRICS, SIGMA_BIN_NAMES
 
 # img_per_s: samples trained on (echoed ones included); fresh_per_s: newly made ones; data_wait_s:
 # seconds of the log window the steps spent getting their batches.
-CSV_COLUMNS = ("step", "wall_s", "loss", "lr", "img_per_s", "fresh_per_s", "data_wait_s") + tuple(f"val_{k}" for k in MAP_METRICS)
+BIN_QUANTITIES = ("true", "pred", "mae")  # mean true σ px, mean predicted σ px, MAE σ/10 per bin of the true σ
+CSV_COLUMNS = (("step", "wall_s", "loss", "lr", "img_per_s", "fresh_per_s", "data_wait_s") + tuple(f"val_{k}" for k in MAP_METRICS)
+               + tuple(f"val_{q}_{b}" for b in SIGMA_BIN_NAMES for q in BIN_QUANTITIES))
 
 
 class RunLog:
@@ -55,12 +57,17 @@ class RunLog:
         if self._progress.disable:
             self.say(f"step {step}/{self.total} loss {loss:.5f} lr {lr:.2e} {rates}")
 
-    def validation(self, step: int, wall_s: float, metrics: dict[str, float]) -> None:
+    def validation(self, step: int, wall_s: float, metrics: dict[str, float], bins: list[dict]) -> None:
+        """Mean metrics and the rows of ``SigmaBins`` (bins without pixels are left empty)."""
         for k, v in metrics.items():
             self._tb.add_scalar(f"val/{k}", v, step)
-        self._row({"step": step, "wall_s": round(wall_s, 1)} | {f"val_{k}": v for k, v in metrics.items()})
-        if self._progress.disable:
-            self.say(f"step {step} validation: " + " ".join(f"{k} {metrics[k]:.4f}" for k in ("mae", "rmse", "d1")))
+        per_bin = {f"val_{q}_{b['bin']}": b[q] for b in bins for q in BIN_QUANTITIES if b[q] is not None}
+        for key, v in per_bin.items():
+            self._tb.add_scalar(f"val_bins/{key[4:]}", v, step)
+        self._row({"step": step, "wall_s": round(wall_s, 1)} | {f"val_{k}": v for k, v in metrics.items()} | per_bin)
+        by_bin = ", ".join(f"{b['bin']} {b['true']:.2f}→{b['pred']:.2f}" for b in bins if b["true"] is not None)
+        self.say(f"step {step} validation: " + " ".join(f"{k} {metrics[k]:.4f}" for k in ("mae", "rmse", "d1"))
+                 + f"; σ px true→predicted by bin: {by_bin}")
 
     def set_total(self, total: int) -> None:
         self.total = total

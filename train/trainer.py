@@ -24,7 +24,7 @@ from hdme.conventions import SIGMA_BIN_EDGES, SIGMA_SCALE
 from hdme.errors import HdmeError
 from hdme.io import write_json
 from hdme.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from hdme.train.data import PairBatches, SyntheticBatches, evaluate, synthetic_split
+from hdme.train.data import VAL_SEED, PairBatches, SyntheticBatches, evaluate
 from hdme.train.distributed import Distributed
 from hdme.train.models import HDMENet, count_params, create_model, load_init_state, save_model
 from hdme.train.runlog import RunLog
@@ -153,7 +153,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, d: Distributed):
-        from hdme.train.synth import get_recipe
+        from hdme.train.synth import SynthRecipe, get_recipe
 
         self.config, self.d = config, d
         self.run_dir = Path(config.out)
@@ -176,6 +176,9 @@ class Trainer:
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values())) if self.ema else []
 
         self.recipe = get_recipe(config.recipe)
+        if not isinstance(self.recipe, SynthRecipe):
+            raise HdmeError(f"recipe '{config.recipe}' makes an evaluation set away from the training mix; "
+                            "training on it would leave nothing to measure the model against")
         if config.data:
             root = Path(config.data)
             root = root / "train" if (root / "train").is_dir() else root
@@ -199,7 +202,7 @@ class Trainer:
         self.step, self.best_mae, self.wall_before = 0, math.inf, 0.0
         self.data_wait = 0.0  # seconds the steps of this log window spent getting their batch
         self.started = time.monotonic()
-        self.last_val: dict[str, float] = {}
+        self.last_val: dict[str, Any] = {}  # mean metrics and sigma_bins of the last validation
         if config.resume:
             self.restore()
 
@@ -214,9 +217,14 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_json(self.run_dir / "config.json",
                        dataclasses.asdict(config) | {"total_steps": self.total, "world_size": d.world})
-            # Bundled sources and a fixed seed: the same validation images whatever the run trains on.
-            self.val_images, self.val_sigmas = synthetic_split(self.recipe, config.val_size or config.size, config.val_count)
+            # Bundled sources and a fixed seed: the same validation images whatever the run trains on,
+            # built and scored by the evaluation harness as `hdme bench accuracy --dataset SPEC` does.
+            from hdme.evaluation import SyntheticSet, synthetic_set
+
+            val_definition = SyntheticSet("synthetic", config.recipe, config.val_size or config.size, config.val_count, VAL_SEED)
+            self.val_set = synthetic_set(val_definition)
             self.log = RunLog(self.run_dir, self.step, self.total)
+            self.log.say(f"validation set: {val_definition.note} (--dataset '{val_definition.spec}')")
             self.log.say(f"{config.model}: {count_params(self.model) / 1e6:.3f} M params, {d.world} process(es) on "
                          f"{self.device}, steps {self.step}→{self.total}, batch {config.batch}×{d.world}, {config.size}² px")
             if fresh:
@@ -277,8 +285,9 @@ class Trainer:
     def validate(self) -> None:
         if not self.d.main:
             return
-        self.last_val = evaluate(self.evaluated, self.val_images, self.val_sigmas, self.device, amp_dtype=self.amp_dtype)
-        self.log.validation(self.step, self.wall(), self.last_val)
+        result = evaluate(self.evaluated, self.val_set, self.device, amp_dtype=self.amp_dtype)
+        self.last_val = result["mean"] | {"sigma_bins": result["sigma_bins"]}
+        self.log.validation(self.step, self.wall(), result["mean"], result["sigma_bins"])
         if self.last_val["mae"] < self.best_mae:
             self.best_mae = self.last_val["mae"]
             self.export("best")

@@ -109,8 +109,12 @@ RECIPES: dict[str, SynthRecipe] = {
 }
 
 
-def recipe_from_dict(data: dict, name: str) -> SynthRecipe:
+def recipe_from_dict(data: dict, name: str):
     section = data.get("data", data)
+    if section.get("kind") == "away":
+        from hdme.train.synth.away import AwayRecipe
+
+        return AwayRecipe(**{"name": name, **section})
     fields = {f.name for f in dataclasses.fields(SynthRecipe)}
     unknown = sorted(set(section) - fields)
     if unknown:
@@ -118,13 +122,18 @@ def recipe_from_dict(data: dict, name: str) -> SynthRecipe:
     return SynthRecipe(**{"name": name, **section})
 
 
-def get_recipe(name_or_path: str) -> SynthRecipe:
-    """A preset ('paper', 'hdme') or a JSON file whose "data" key holds the recipe."""
+def get_recipe(name_or_path: str):
+    """A preset ('paper', 'hdme'), an evaluation recipe away from the training mix ('away-leaves',
+    'away-dof', 'away-large'; an ``AwayRecipe``) or a JSON file whose "data" key holds the recipe."""
+    from hdme.train.synth.away import AWAY_RECIPES
+
     if name_or_path in RECIPES:
         return dataclasses.replace(RECIPES[name_or_path])
+    if name_or_path in AWAY_RECIPES:
+        return AWAY_RECIPES[name_or_path].replace()
     path = Path(name_or_path)
     if not path.is_file():
-        raise HdmeError(f"{name_or_path}: neither a recipe name ({', '.join(RECIPES)}) nor a JSON file")
+        raise HdmeError(f"{name_or_path}: neither a recipe name ({', '.join([*RECIPES, *AWAY_RECIPES])}) nor a JSON file")
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError) as exc:

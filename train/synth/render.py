@@ -6,6 +6,10 @@ blurred with its level's kernel and the layers are summed. The blurs run in the 
 (one forward FFT per level, one inverse FFT in all) on a reflect-padded canvas.
 
 Every PSF shape is labelled by its second-moment σ (per axis): a disc of radius r has σ ≈ r/2.
+Shapes: ``gaussian``; ``disc`` (a circular aperture); ``mixture`` (a disc softened by a Gaussian);
+``hexagon`` (a six-bladed iris); ``ring`` (a disc brighter towards its rim, as over-corrected
+spherical aberration makes it). Training recipes use the first three; the last two are for
+evaluation sets away from the training mix.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ import torch.nn.functional as F
 
 from hdme.conventions import SIGMA_MAX
 
-PSF_SHAPES = ("gaussian", "disc", "mixture")
+PSF_SHAPES = ("gaussian", "disc", "mixture", "hexagon", "ring")
 # The σ grid is placed so that ‖two-level mixture − exact Gaussian kernel‖₁ ≤ max_error for every
 # σ: then for any image in [0, 1] and any σ map the render is within about max_error of a per-pixel
 # brute-force scatter (a constant map would allow twice that, as a kernel difference sums to zero).
 MAX_RENDER_ERROR = 1.0 / 255.0
 _MIXTURE_GAUSS_FRACTION = 0.5  # soft disc: σ_gauss = 0.5·σ, σ_disc = √(1 − 0.25)·σ
+_HEXAGON_TURN = 0.2  # rad: the iris's blades are not aligned with the pixel grid
+_RING_CENTRE_WEIGHT = 0.25  # ring PSF: weight at the centre relative to the rim, rising with r²
+_APERTURE_MIN_SIGMA = 1.0  # px: smaller hexagon and ring PSFs are an impulse mixed with this one
 
 
 def gaussian_radius(sigma: float) -> int:
@@ -86,6 +93,57 @@ def disc_kernel(sigma: float) -> np.ndarray:
     return _disc_coverage(0.5 * (lo + hi))
 
 
+def _aperture_kernel(weight, radius: float, supersample: int = 8) -> np.ndarray:
+    """An anti-aliased aperture of outer radius ``radius``: each pixel's mean of ``weight(x, y)``
+    (0 outside the aperture) over a supersampled grid, normalised to sum 1."""
+    half = int(np.ceil(radius + 0.5))
+    offs = (np.arange(supersample) + 0.5) / supersample - 0.5
+    sub = (np.arange(-half, half + 1, dtype=np.float64)[:, None] + offs[None, :]).reshape(-1)
+    n = 2 * half + 1
+    cover = weight(sub[None, :], sub[:, None]).reshape(n, supersample, n, supersample).mean(axis=(1, 3))
+    return cover / cover.sum()
+
+
+def _hexagon_weight(radius: float):
+    """Inside a regular hexagon of circumradius ``radius``, turned by _HEXAGON_TURN."""
+    apothem = radius * np.cos(np.pi / 6)
+    normals = [(np.cos(_HEXAGON_TURN + k * np.pi / 3), np.sin(_HEXAGON_TURN + k * np.pi / 3)) for k in range(3)]
+    return lambda x, y: np.all([np.abs(x * c + y * s) <= apothem for c, s in normals], axis=0).astype(np.float64)
+
+
+def _ring_weight(radius: float):
+    """A disc whose weight rises with r² from _RING_CENTRE_WEIGHT at the centre to 1 at the rim."""
+    def weight(x, y):
+        r2 = (x * x + y * y) / (radius * radius)
+        return np.where(r2 <= 1.0, _RING_CENTRE_WEIGHT + (1.0 - _RING_CENTRE_WEIGHT) * r2, 0.0)
+
+    return weight
+
+
+def _fitted_aperture(make_weight, sigma: float, radius_per_sigma: float) -> np.ndarray:
+    """The aperture of ``make_weight(radius)`` whose discrete second moment is σ, its radius found by
+    bisection around ``radius_per_sigma``·σ (plus the within-pixel variance that sampling loses)."""
+    if sigma <= 0:
+        return np.ones((1, 1))
+    if sigma < _APERTURE_MIN_SIGMA:
+        # Below a pixel or so, sampling makes σ jump with the radius; an impulse mixed with the
+        # aperture of _APERTURE_MIN_SIGMA keeps the shape and sets σ² exactly (variances mix linearly).
+        kernel = _fitted_aperture(make_weight, _APERTURE_MIN_SIGMA, radius_per_sigma)
+        kernel = kernel * (sigma / second_moment_sigma(kernel)) ** 2
+        kernel[kernel.shape[0] // 2, kernel.shape[1] // 2] += 1.0 - kernel.sum()
+        return kernel
+    guess = radius_per_sigma * np.sqrt(sigma * sigma + 1.0 / 12.0)
+    lo, hi = max(guess * 0.7 - 0.5, 0.0), guess * 1.3 + 0.5
+    for _ in range(20):
+        mid = 0.5 * (lo + hi)
+        if second_moment_sigma(_aperture_kernel(make_weight(mid), mid)) < sigma:
+            lo = mid
+        else:
+            hi = mid
+    radius = 0.5 * (lo + hi)
+    return _aperture_kernel(make_weight(radius), radius)
+
+
 @functools.lru_cache(maxsize=None)
 def psf_kernel(shape: str, sigma: float) -> np.ndarray:
     if shape == "gaussian":
@@ -100,6 +158,13 @@ def psf_kernel(shape: str, sigma: float) -> np.ndarray:
         r = gauss.size // 2
         padded = np.pad(disc, r)
         return cv2.sepFilter2D(padded, cv2.CV_64F, gauss, gauss, borderType=cv2.BORDER_CONSTANT)
+    if shape == "hexagon":
+        # a regular hexagon of circumradius R has per-axis variance 5R²/24
+        return _fitted_aperture(_hexagon_weight, sigma, np.sqrt(24.0 / 5.0))
+    if shape == "ring":
+        # weight c + (1 − c)·r² on the unit disc: per-axis variance R²·(c/4 + (1 − c)/6) / (c/2 + (1 − c)/4) / 2
+        c = _RING_CENTRE_WEIGHT
+        return _fitted_aperture(_ring_weight, sigma, 1.0 / np.sqrt((c / 4 + (1 - c) / 6) / (c / 2 + (1 - c) / 4) / 2))
     raise ValueError(f"PSF shape must be one of {PSF_SHAPES}, got {shape!r}")
 
 
@@ -179,12 +244,14 @@ def render_defocus(
     psf: str | list[str] = "gaussian",
     camera_sigma: torch.Tensor | None = None,
     max_error: float = MAX_RENDER_ERROR,
+    sigma_max: float = SIGMA_MAX,
 ) -> torch.Tensor:
     """Blur ``sharp`` [B,3,H,W] (0..1) with the per-pixel σ map ``sigma`` [B,1,H,W] (px) by scatter.
 
     ``psf`` is one shape for the batch or one per sample. ``camera_sigma`` [B] adds a uniform
     Gaussian blur after the scatter (the camera's own blur; its σ adds in quadrature to σ).
     ``max_error`` bounds the layering error of the Gaussian PSF (fewer levels, faster, when larger).
+    σ is clipped to ``sigma_max``: beyond the network's range only for evaluation sets.
     """
     if sharp.dim() != 4 or sigma.dim() != 4 or sigma.shape[1] != 1 or sigma.shape[-2:] != sharp.shape[-2:]:
         raise ValueError(f"expected sharp [B,C,H,W] and sigma [B,1,H,W], got {tuple(sharp.shape)} and {tuple(sigma.shape)}")
@@ -192,7 +259,7 @@ def render_defocus(
     shapes = [psf] * b if isinstance(psf, str) else list(psf)
     if len(shapes) != b or any(s not in PSF_SHAPES for s in shapes):
         raise ValueError(f"psf must be one of {PSF_SHAPES} or a list of {b} of them, got {psf!r}")
-    levels = sigma_levels(float(max_error))
+    levels = sigma_levels(float(max_error), float(sigma_max))
     level_var = torch.tensor([s * s for s in levels], dtype=torch.float32, device=sharp.device)
 
     var = sigma.to(sharp.dtype).clamp(0.0, levels[-1]).square()

@@ -142,6 +142,10 @@ def render_draw(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator
 def synthesize(recipe: SynthRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
                source, device: torch.device | str = "cpu") -> SynthBatch:
     """Draw ``count`` samples. ``rng`` fixes every CPU-side choice, ``generator`` the device-side ones."""
+    from hdme.train.synth.away import AwayRecipe, synthesize_away
+
+    if isinstance(recipe, AwayRecipe):
+        return synthesize_away(recipe, size, count, rng, generator, source, device)
     return render_draw(recipe, draw_batch(recipe, size, count, rng, source), generator, device)
 
 
