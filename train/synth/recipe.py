@@ -91,22 +91,14 @@ RECIPES: dict[str, SynthRecipe] = {
         noise_probability=0.6,
         jpeg_probability=0.3,
     ),
-    # The shipped model's recipe over the whole σ range: most draws above 3 px (the σ of real
-    # backgrounds and macro shots), and a third of the scenes dense with small shapes so that
-    # blur is read from how edges spread, not from how many there are.
-    "hdme-range": SynthRecipe(
-        name="hdme-range",
-        scene_fraction=0.7,
-        fine_scene_fraction=0.35,
-        maps={"patch": 0.25, "gaussian": 0.3, "segment": 0.25, "depth": 0.2},
-        sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.2},
-        psf={"gaussian": 0.4, "disc": 0.4, "mixture": 0.2},
-        camera_sigma=[0.2, 0.45],
-        noise="camera",
-        noise_probability=0.6,
-        jpeg_probability=0.3,
-    ),
 }
+# `hdme` over the whole σ range: most draws above 3 px (the σ of real backgrounds and macro shots),
+# and a third of the scenes dense with small shapes so that blur is read from how edges spread,
+# not from how many there are.
+RECIPES["hdme-range"] = dataclasses.replace(
+    RECIPES["hdme"], name="hdme-range", fine_scene_fraction=0.35,
+    sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.2},
+)
 
 
 def recipe_from_dict(data: dict, name: str):
