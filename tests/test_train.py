@@ -287,3 +287,17 @@ def test_binned_l1_weighs_every_sigma_bin_the_same():
     binned_l1_loss(pred, target).backward()
     # a pixel of the rare bin pulls 99× harder than one of the common bin
     assert abs(float(pred.grad[-1].abs() / pred.grad[0].abs()) - 99.0) < 1e-3
+
+
+def test_train_help_shows_the_defaults_a_config_or_flag_replaces():
+    from typer.testing import CliRunner
+
+    from hdme.cli import app
+    from hdme.train.config import TrainConfig
+
+    text = " ".join(CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output.split())
+    defaults = TrainConfig()
+    for flag, value in (("--lr", defaults.lr), ("--batch", defaults.batch), ("--ckpt-minutes", defaults.ckpt_minutes),
+                        ("--loss", defaults.loss), ("--seed", defaults.seed)):
+        after = text.split(flag, 1)[1].split("--", 1)[0]
+        assert f"[default: ({value})]" in after, (flag, after)

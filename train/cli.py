@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Optional
@@ -9,6 +10,7 @@ from typing import Optional
 import typer
 
 from hdme.errors import HdmeError
+from hdme.train.config import TrainConfig
 
 
 def read_train_config(path: Path) -> dict:
@@ -42,36 +44,43 @@ def saved_run_config(run: Path) -> dict:
     return values
 
 
+def _default(name: str) -> str:
+    """What ``hdme train --help`` shows as an option's default: TrainConfig's, which a config file
+    or the flag replaces."""
+    value = next(f.default for f in dataclasses.fields(TrainConfig) if f.name == name)
+    return "none" if value is None else str(value)
+
+
 def train_command(
-    model: Optional[str] = typer.Option(None, "--model", help="Variant: hdme-paper, hdme-w18, hdme-edge, hdme-tiny."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Run folder (config.json, last.ckpt, metrics.csv, tb/, best/final.safetensors)."),
+    model: Optional[str] = typer.Option(None, "--model", show_default=_default("model"), help="Variant: hdme-paper, hdme-w18, hdme-edge, hdme-tiny."),
+    out: Optional[Path] = typer.Option(None, "--out", show_default=_default("out"), help="Run folder (config.json, last.ckpt, metrics.csv, tb/, best/final.safetensors)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Folder of image/ + defocus/ pairs, or `hdme data make` output (its train/)."),
     synthetic: bool = typer.Option(False, "--synthetic", help="Train on the on-the-fly synthetic stream (the default without --data)."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimiser steps."),
+    steps: Optional[int] = typer.Option(None, "--steps", show_default=_default("steps"), help="Optimiser steps."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs over --data."),
-    batch: Optional[int] = typer.Option(None, "--batch", help="Batch per process."),
-    size: Optional[int] = typer.Option(None, "--size", help="Training crop side, px."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Adam learning rate."),
-    schedule: Optional[str] = typer.Option(None, "--schedule", help="step (×0.1 at 1/3 and 2/3, the paper's) or cosine."),
-    loss: Optional[str] = typer.Option(None, "--loss", help="mse (the paper's), l1, huber, or binned_l1 (L1 weighted equally per true-σ bin)."),
-    recipe: Optional[str] = typer.Option(None, "--recipe", help="Synthesis recipe (name or JSON) for the stream and the validation split."),
-    source: Optional[str] = typer.Option(None, "--source", help="Photos for the synthetic stream: bundled (default), a folder, or coco:DIR."),
+    batch: Optional[int] = typer.Option(None, "--batch", show_default=_default("batch"), help="Batch per process."),
+    size: Optional[int] = typer.Option(None, "--size", show_default=_default("size"), help="Training crop side, px."),
+    lr: Optional[float] = typer.Option(None, "--lr", show_default=_default("lr"), help="Adam learning rate."),
+    schedule: Optional[str] = typer.Option(None, "--schedule", show_default=_default("schedule"), help="step (×0.1 at 1/3 and 2/3, the paper's) or cosine."),
+    loss: Optional[str] = typer.Option(None, "--loss", show_default=_default("loss"), help="mse (the paper's), l1, huber, or binned_l1 (L1 weighted equally per true-σ bin)."),
+    recipe: Optional[str] = typer.Option(None, "--recipe", show_default=_default("recipe"), help="Synthesis recipe (name or JSON) for the stream and the validation split."),
+    source: Optional[str] = typer.Option(None, "--source", show_default=_default("source"), help="Photos for the synthetic stream: bundled (default), a folder, or coco:DIR."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON config; its \"train\" section sets defaults that flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.ckpt exactly, with the options in OUT/config.json unless given again."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors), e.g. to fine-tune."),
-    val_every: Optional[int] = typer.Option(None, "--val-every", help="Validate every K steps."),
-    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", help="Checkpoint every K steps."),
-    ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", help="Also checkpoint after M minutes of wall time since the last one."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the initial weights, the synthetic stream and the batch order."),
+    val_every: Optional[int] = typer.Option(None, "--val-every", show_default=_default("val_every"), help="Validate every K steps."),
+    ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", show_default=_default("ckpt_every"), help="Checkpoint every K steps."),
+    ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", show_default=_default("ckpt_minutes"), help="Also checkpoint after M minutes of wall time since the last one."),
+    seed: Optional[int] = typer.Option(None, "--seed", show_default=_default("seed"), help="Seed of the initial weights, the synthetic stream and the batch order."),
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16, else fp16) on CUDA; default on there."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
-    workers: Optional[int] = typer.Option(None, "--workers", help="Processes drawing the synthetic stream's scenes ahead of the steps (rendering runs on the training device) or loading --data; 0 draws in the training process."),
-    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", help="Stop cleanly (checkpoint + export) after this wall time."),
-    fit_minutes: Optional[float] = typer.Option(None, "--fit-minutes", help="End the run, learning-rate schedule included, after this wall time: the step total follows the measured speed, up to --steps."),
-    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", help="Validate and export a moving average of the weights (e.g. 0.999); 0 = off."),
+    workers: Optional[int] = typer.Option(None, "--workers", show_default=_default("workers"), help="Processes drawing the synthetic stream's scenes ahead of the steps (rendering runs on the training device) or loading --data; 0 draws in the training process."),
+    max_minutes: Optional[float] = typer.Option(None, "--max-minutes", show_default=_default("max_minutes"), help="Stop cleanly (checkpoint + export) after this wall time."),
+    fit_minutes: Optional[float] = typer.Option(None, "--fit-minutes", show_default=_default("fit_minutes"), help="End the run, learning-rate schedule included, after this wall time: the step total follows the measured speed, up to --steps."),
+    ema_decay: Optional[float] = typer.Option(None, "--ema-decay", show_default=_default("ema_decay"), help="Validate and export a moving average of the weights (e.g. 0.999); 0 = off."),
 ) -> None:
     """Train an HDME-Net variant (single process, or under `torchrun --nproc_per_node K`)."""
-    from hdme.train.trainer import TrainConfig, train
+    from hdme.train.trainer import train
 
     if data is not None and synthetic:
         raise HdmeError("--data and --synthetic exclude each other")
