@@ -210,12 +210,15 @@ def run_command(
 def _print_run_summary(console, stats) -> None:
     from rich.table import Table
 
+    from hdme.runtime.pipeline import STATS_WINDOW
+
     summary = stats.summary()
     typer.echo(
         f"{summary['frames']} frames in {summary['seconds']:.2f} s: {summary['fps']:.1f} FPS, "
         f"{summary['dropped']} dropped, {summary['corrupt']} corrupt" + (" (interrupted)" if summary["interrupted"] else "")
     )
-    table = Table(title="per-stage latency (ms)")
+    window = f", last {STATS_WINDOW} frames" if summary["frames"] > STATS_WINDOW else ""
+    table = Table(title=f"per-stage latency (ms{window})")
     for header in ("stage", "mean", "median", "p90", "p95", "p99", "max"):
         table.add_column(header, justify="left" if header == "stage" else "right")
     for stage, s in summary["stages"].items():

@@ -208,7 +208,8 @@ class LiveView(Sink):
         latency, dropped, corrupt, source = {}, 0, 0, None
         if self.pipeline is not None:
             for stage, samples in self.pipeline.stats.stage_ms.items():
-                tail = samples[-LATENCY_WINDOW:]
+                # copied in one C call, so the pipeline's appends cannot interleave with it
+                tail = list(samples)[-LATENCY_WINDOW:]
                 if tail:
                     p50, p99 = np.percentile(tail, [50, 99])
                     latency[stage] = {"p50": round(float(p50), 3), "p99": round(float(p99), 3)}

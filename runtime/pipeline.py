@@ -11,6 +11,7 @@ one, and reading and preprocessing are the only steps not overlapped.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 import time
@@ -31,6 +32,9 @@ from hdme.runtime.sources import Frame, Source
 from hdme.runtime.stats import latency_stats
 
 STAGES = ("capture", "preprocess", "infer", "postprocess", "sinks", "end-to-end")
+# Latency samples kept per stage: a stream that runs for days must not grow without bound, so its
+# summary speaks of the last STATS_WINDOW frames (13 minutes at 25 FPS).
+STATS_WINDOW = 20_000
 _END = object()
 
 
@@ -41,7 +45,8 @@ class RunStats:
     corrupt: int = 0
     seconds: float = 0.0
     interrupted: bool = False
-    stage_ms: dict[str, list[float]] = field(default_factory=lambda: {s: [] for s in STAGES})
+    stage_ms: dict[str, collections.deque] = field(
+        default_factory=lambda: {s: collections.deque(maxlen=STATS_WINDOW) for s in STAGES})
 
     @property
     def fps(self) -> float:

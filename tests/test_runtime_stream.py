@@ -388,3 +388,14 @@ def test_stream_options_do_not_leak_into_video_files_opened_later(onnx_path, tmp
     video = write_video(tmp_path / "in.mp4", frames=20, h=64, w=80)
     with VideoFileSource(video) as src:
         assert sum(1 for _ in iter(src.read, None)) == 20
+
+
+def test_run_stats_keep_a_bounded_window_of_latencies():
+    from hdme.runtime.pipeline import STATS_WINDOW, RunStats
+
+    stats = RunStats()
+    for i in range(STATS_WINDOW + 500):
+        stats.stage_ms["infer"].append(float(i))
+    assert len(stats.stage_ms["infer"]) == STATS_WINDOW
+    # the summary speaks of the last STATS_WINDOW frames: the 500 oldest samples are gone
+    assert stats.summary()["stages"]["infer"]["min"] == 500.0
