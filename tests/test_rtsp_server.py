@@ -1,6 +1,6 @@
 """A live source against a real RTSP server on 127.0.0.1: waited for before the server is up,
 reconnected after the server is killed and restarted. The long version with latency figures
-is scripts/rtsp_soak.py."""
+is benchmarks/rtsp_soak.py."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from rtsp_test_server import FPS, REQUIREMENTS, ServerProcess, free_port, read_stamp, server_python  # noqa: E402
 
 from hdme.runtime.sources import open_source  # noqa: E402

@@ -1,9 +1,9 @@
 """Soak test of ``hdme run`` against a real RTSP server on 127.0.0.1.
 
-    python scripts/rtsp_soak.py --seconds 150 --json soak.json --plot soak.png
+    python benchmarks/rtsp_soak.py --seconds 150 --json soak.json --plot soak.png
 
 Timeline: ``hdme run rtsp://127.0.0.1:PORT/hdme --save-maps DIR --save-video V.avi`` starts
-first; the server (scripts/rtsp_test_server.py) comes up ``--lead`` s later; half-way through
+first; the server (benchmarks/rtsp_test_server.py) comes up ``--lead`` s later; half-way through
 it is killed with SIGKILL and restarted ``--outage`` s later; at the end hdme gets Ctrl-C.
 
 Every frame carries its number and creation time (a barcode). The saved video holds the

@@ -4,7 +4,7 @@ generated video whose frames carry their own number and creation time as a barco
 Run it with a Python that has GStreamer's introspection bindings (Debian: python3-gi,
 gir1.2-gst-rtsp-server-1.0, gstreamer1.0-rtsp, gstreamer1.0-plugins-ugly for x264):
 
-    /usr/bin/python3 scripts/rtsp_test_server.py --port 8554   # rtsp://127.0.0.1:8554/hdme
+    /usr/bin/python3 benchmarks/rtsp_test_server.py --port 8554   # rtsp://127.0.0.1:8554/hdme
 
 The server itself needs no numpy (the system Python often has none); ``read_stamp`` is for
 the reading side and imports numpy when called. Frame numbers follow the wall clock from

@@ -1,6 +1,6 @@
 """Stress figure for ``hdme predict``: a folder of mixed images, some corrupt, some huge.
 
-    python scripts/predict_stress.py --count 1000 --corrupt 80 --huge 10 --json stress.json --plot stress.png
+    python benchmarks/predict_stress.py --count 1000 --corrupt 80 --huge 10 --json stress.json --plot stress.png
 
 Writes the images (seeded), runs ``hdme predict FOLDER --out OUT`` as a user would and checks
 that exactly the good images got their maps, that every bad one got one line on stderr and
