@@ -167,6 +167,7 @@ def run_command(
         if server is not None:
             server.view.note_source_message(message)
 
+    sinks_opened_here = True  # until the pipeline runs: it closes every sink itself, also when it fails
     try:
         if serve is not None:
             from hdme.runtime.live import LiveServer, LiveView, parse_address
@@ -186,10 +187,12 @@ def run_command(
                                   temporal=TemporalFilter() if temporal_filter else None)
         if server is not None:
             server.view.attach(pipeline)
+        sinks_opened_here = False
         stats = pipeline.run()
     except BaseException:
-        for sink in sinks:  # a failure before the pipeline started still finalises what was opened
-            sink.close()
+        if sinks_opened_here:  # a failure before the pipeline started still finalises what was opened
+            for sink in sinks:
+                sink.close()
         if server is not None:
             server.close()
         raise

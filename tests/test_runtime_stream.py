@@ -399,3 +399,21 @@ def test_run_stats_keep_a_bounded_window_of_latencies():
     assert len(stats.stage_ms["infer"]) == STATS_WINDOW
     # the summary speaks of the last STATS_WINDOW frames: the 500 oldest samples are gone
     assert stats.summary()["stages"]["infer"]["min"] == 500.0
+
+
+def test_a_run_that_fails_midway_reports_its_own_error_and_keeps_the_video(tmp_path):
+    from test_predict import _model
+
+    # The second frame is of a size the fixed-size model rejects: the run fails after one frame.
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    cv2.imwrite(str(frames / "000.png"), textured_rgb(64, 64))
+    cv2.imwrite(str(frames / "001.png"), textured_rgb(40, 48))
+    fixed = _model(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
+    out = tmp_path / "out.avi"
+    result = CliRunner().invoke(app, ["run", str(frames), "--model", str(fixed), "--backend", "onnxruntime",
+                                      "--save-video", str(out)])
+    assert isinstance(result.exception, HdmeError), result.exception
+    assert "fixed.onnx failed on a [1,3,40,48] input" in str(result.exception)
+    assert out.is_file() and cv2.VideoCapture(str(out)).get(cv2.CAP_PROP_FRAME_COUNT) == 1
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp.avi")] == []
