@@ -142,6 +142,11 @@ class LiveView(Sink):
         """The picture of a frame newer than ``after`` as JPEG, with its frame number; None when
         no newer frame came within ``timeout`` s or the view is shut."""
         after = max(after, 0)  # frame 0 is "none yet"
+        # Wait for a newer frame before taking the encode lock: a viewer waiting on a stalled or
+        # ended source must not keep the others, or /frame.jpg, from the picture already encoded.
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._seq > after or self._closed, timeout) or self._closed:
+                return None
         with self._encode_lock:
             fresh = self._jpeg_seq == self._seq or time.perf_counter() - self._jpeg_time < self.min_interval
             if self._jpeg_seq > after and fresh:  # another viewer encoded it already
