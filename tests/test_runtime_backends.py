@@ -247,3 +247,6 @@ def test_auto_passes_engine_options_only_to_an_engine_that_takes_them(onnx_path)
     assert name == "onnxruntime" and ".onnx file" in why
     with create_backend(onnx_path, provider="cpu", graph_optimization="basic") as backend:
         assert backend.name == "onnxruntime" and backend.provider == "cpu"
+    # options no engine that runs the file takes: one line, not an engine's TypeError
+    with pytest.raises(HdmeError, match="no engine that runs it takes the option.*cuda_graphs"):
+        create_backend(onnx_path, cuda_graphs=True)

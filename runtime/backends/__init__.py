@@ -138,7 +138,11 @@ def shipped_artifacts(model: str, precision: str | None = None) -> dict[str, Pat
 def _choose(candidates: list[tuple[Engine, str]], options: dict) -> tuple[Engine, str, str]:
     """(engine, target, why) among (engine, target) pairs: the first that says it is preferred
     here, else the first; only engines taking every given option compete."""
-    fitting = [(e, t) for e, t in candidates if set(options) <= e.options] or candidates
+    fitting = [(e, t) for e, t in candidates if set(options) <= e.options]
+    if not fitting:
+        names = ", ".join(sorted(options))
+        raise HdmeError(f"no engine that runs it takes the option(s) {names} "
+                        f"({', '.join(e.name for e, _ in candidates)} can run it)")
     for engine, target in fitting:
         reason = engine.preferred()
         if reason:
