@@ -82,3 +82,14 @@ def test_sources_crop_to_size_and_skip_bad_files(tmp_path):
         crops = [folder.sample(np.random.default_rng(s), 32) for s in range(20)]
     assert all(c.shape == (32, 32, 3) and c.mean() == 200 for c in crops)
     assert len(folder.corrupt_paths) == 1 and len(folder.small_paths) == 1
+
+
+def test_cached_sets_are_keyed_by_the_synthesis_code(tmp_path, monkeypatch):
+    from hdme.train.synth import sets
+
+    monkeypatch.setenv(sets.CACHE_ENV, str(tmp_path))
+    recipe = get_recipe("hdme")
+    before = sets._cache_file(recipe, 32, 1)
+    assert before == sets._cache_file(recipe, 32, 1)
+    monkeypatch.setattr(sets, "synthesis_digest", lambda: "changed-code")
+    assert sets._cache_file(recipe, 32, 1) != before  # a set rendered by other code is not reused

@@ -170,7 +170,8 @@ def psf_kernel(shape: str, sigma: float) -> np.ndarray:
 
 def _interpolation_error(lo: float, hi: float, sigma: float, shape: str = "gaussian") -> float:
     w = (sigma * sigma - lo * lo) / (hi * hi - lo * lo)
-    k_lo, k_hi, k = (psf_kernel(shape, float(s)) for s in (lo, hi, sigma))
+    # Uncached: the grid search tries thousands of σ that are never rendered with.
+    k_lo, k_hi, k = (psf_kernel.__wrapped__(shape, float(s)) for s in (lo, hi, sigma))
     n = max(k_lo.shape[0], k_hi.shape[0], k.shape[0])
     pad = lambda a: np.pad(a, (n - a.shape[0]) // 2)  # noqa: E731 - local helper on centred kernels
     return float(np.abs((1 - w) * pad(k_lo) + w * pad(k_hi) - pad(k)).sum())

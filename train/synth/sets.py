@@ -7,6 +7,7 @@ a photo would be, before any engine sees them.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -28,11 +29,22 @@ def cache_dir() -> Path | None:
     return Path(root or Path.home() / ".cache" / "hdme") / "sets"
 
 
+@functools.lru_cache(maxsize=1)
+def synthesis_digest() -> str:
+    """A hash of the synthesis code (this package's sources): a cached set is only reused while the
+    code that rendered it is unchanged, whatever the version number says."""
+    digest = hashlib.sha256()
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cache_file(recipe, size: int, seed: int) -> Path | None:
     folder = cache_dir()
     if folder is None:
         return None
-    key = json.dumps({"recipe": recipe.to_dict(), "size": size, "seed": seed, "hdme": __version__}, sort_keys=True)
+    key = json.dumps({"recipe": recipe.to_dict(), "size": size, "seed": seed, "hdme": __version__,
+                      "synthesis": synthesis_digest()}, sort_keys=True)
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     stem = "".join(c if c.isalnum() or c in "-_" else "_" for c in recipe.name)
     return folder / f"{stem}-{size}-{seed}-{digest}.npz"
