@@ -162,6 +162,8 @@ def evaluate(predictor: SigmaPredictor, eval_set: EvalSet,
     """Run one engine over one set: ``mean`` metrics, ``per_image`` metrics (with ``ms``, the wall
     time of ``predict`` after one warm-up image), ``latency_ms`` and, for σ maps, ``sigma_bins``.
     ``on_prediction(index, sample, σ)`` sees every prediction."""
+    if not eval_set.samples:
+        raise HdmeError(f"{eval_set.name}: the set has no images to evaluate on")
     per_image = []
     bins = SigmaBins() if eval_set.protocol in ("map", "rtf") else None
     predictor.predict(eval_set.samples[0].image)  # warm-up: first-call costs are not per-image latency

@@ -172,6 +172,8 @@ def test_init_and_bad_options(tmp_path):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, resume=True, **TINY))
     with pytest.raises(HdmeError, match="away from the training mix"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "away-leaves"}))
+    with pytest.raises(HdmeError, match="--val-count must be positive"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "val_count": 0}))
 
 
 def _ddp_worker(rank, world, port, out, weights_dir):

@@ -77,6 +77,6 @@ class TrainConfig:
             raise HdmeError("--fit-minutes must be positive and needs --steps (the most the run may take)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise HdmeError("--ema-decay must be within [0, 1)")
-        for name in ("batch", "size", "val_every", "ckpt_every", "log_every", "ckpt_minutes"):
+        for name in ("batch", "size", "val_every", "val_count", "ckpt_every", "log_every", "ckpt_minutes"):
             if getattr(self, name) <= 0:
                 raise HdmeError(f"--{name.replace('_', '-')} must be positive")
