@@ -37,15 +37,18 @@ class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         self.calib_sha256 = calib.sha256
         self.batches = calib.batches(batch_size)
         self.cuda = open_cuda_api()
-        self.stream = self.cuda.stream_create()
-        self.host = self.cuda.host_array((batch_size, 3, *calib.size), np.float32)
-        self.device = self.cuda.device_alloc(nbytes(self.host.shape, self.host.dtype))
+        # PyCUDA allocates in the current context only; TensorRT's builder need not have made one current.
+        with self.cuda.current():
+            self.stream = self.cuda.stream_create()
+            self.host = self.cuda.host_array((batch_size, 3, *calib.size), np.float32)
+            self.device = self.cuda.device_alloc(nbytes(self.host.shape, self.host.dtype))
 
     def __del__(self):
         if getattr(self, "cuda", None) is not None:
-            self.cuda.free_device(self.device)
-            self.cuda.free_host(self.host)
-            self.cuda.stream_destroy(self.stream)
+            with self.cuda.current():
+                self.cuda.free_device(self.device)
+                self.cuda.free_host(self.host)
+                self.cuda.stream_destroy(self.stream)
             self.cuda.close()
             self.cuda = None
 

@@ -101,12 +101,16 @@ def _onnxruntime(driver: tuple[int, int] | None) -> Finding:
     return Finding("onnxruntime", ort.__version__, "; ".join(reversed(runs)), fix)
 
 
+def _driver_too_old(driver: tuple[int, int]) -> str:
+    return f"the driver supports CUDA {driver[0]}.{driver[1]}; TensorRT 10 and later need CUDA 12: update the NVIDIA driver"
+
+
 def _tensorrt(driver: tuple[int, int] | None) -> Finding:
     if not _installed("tensorrt"):
         if driver is None:
             return Finding("tensorrt", "not installed", "nothing: needs an NVIDIA GPU and driver")
         if driver[0] < 12:
-            return Finding("tensorrt", "not installed", "", f"the driver supports CUDA {driver[0]}.{driver[1]}; TensorRT 10 and later need CUDA 12: update the NVIDIA driver")
+            return Finding("tensorrt", "not installed", "", _driver_too_old(driver))
         return Finding("tensorrt", "not installed", "", f"pip install 'hdme[trt-cu{min(driver[0], 13)}]' (on JetPack, TensorRT comes with the image)")
     try:
         import tensorrt as trt
@@ -116,7 +120,10 @@ def _tensorrt(driver: tuple[int, int] | None) -> Finding:
     # TensorRT 11 builds reduced precision only from typed ONNX (hdme export quantize); 10 also
     # from FP32 with the builder flags.
     runs = "fp32 fp16 int8" + (" (fp16/int8 from quantised ONNX only)" if major and major >= 11 else "")
-    fix = cuda_mismatch("TensorRT", tensorrt_cuda_major(), driver, "'hdme[trt-cu{major}]'")
+    if driver is not None and driver[0] < 12:  # no TensorRT build of ours runs there: no extra to name
+        fix = _driver_too_old(driver)
+    else:
+        fix = cuda_mismatch("TensorRT", tensorrt_cuda_major(), driver, "'hdme[trt-cu{major}]'")
     if fix is None and not (_installed("cuda") or _installed("pycuda")):
         fix = "TensorRT's buffers need cuda-python or PyCUDA: pip install 'cuda-python>=12,<13' (CUDA 12)"
     return Finding("tensorrt", trt.__version__, runs if fix is None else "", fix)

@@ -145,18 +145,28 @@ class OnnxRuntimeBackend(Backend):
             return out, InferTimes(None, (time.perf_counter() - start) * 1e3, None)
         # On a GPU, IO binding keeps the output on the device until asked for, which both avoids
         # an extra copy and lets each transfer be timed on its own.
-        t0 = time.perf_counter()
-        x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id)
-        t1 = time.perf_counter()
-        self._binding.bind_ortvalue_input(INPUT_NAME, x_dev)
-        self._binding.bind_output(OUTPUT_NAME, "cuda", self.device_id)
-        self.session.run_with_iobinding(self._binding)
-        self._binding.synchronize_outputs()
-        t2 = time.perf_counter()
-        out = self._binding.get_outputs()[0].numpy()
-        t3 = time.perf_counter()
-        self._binding.clear_binding_inputs()
-        self._binding.clear_binding_outputs()
+        times = []
+
+        def run_bound() -> np.ndarray:
+            times.append(time.perf_counter())
+            x_dev = ort.OrtValue.ortvalue_from_numpy(x, "cuda", self.device_id)
+            times.append(time.perf_counter())
+            self._binding.bind_ortvalue_input(INPUT_NAME, x_dev)
+            self._binding.bind_output(OUTPUT_NAME, "cuda", self.device_id)
+            try:
+                self.session.run_with_iobinding(self._binding)
+                self._binding.synchronize_outputs()
+                times.append(time.perf_counter())
+                out = self._binding.get_outputs()[0].numpy()
+                times.append(time.perf_counter())
+                return out
+            finally:
+                self._binding.clear_binding_inputs()
+                self._binding.clear_binding_outputs()
+
+        # the same one-line errors and output check as the CPU path
+        out = checked_output(self.model_path, run_bound, x)
+        t0, t1, t2, t3 = times
         return out, InferTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3)
 
     def close(self) -> None:
