@@ -202,7 +202,10 @@ def run_command(
     if save_video is not None and stats.frames:
         typer.echo(f"video: {save_video}")
     if server is not None:
-        if not stats.interrupted:
+        # Only a source that ran out keeps its last frame on the page; Ctrl-C, q in the window and
+        # --max-frames end the run.
+        ended = not (stats.interrupted or stats.stopped_by_sink or (max_frames is not None and stats.frames >= max_frames))
+        if ended:
             typer.echo(f"the source ended; still serving its last frame at {server.url} (Ctrl-C stops)")
             server.wait_for_interrupt()
         server.close()

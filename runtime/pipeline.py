@@ -45,6 +45,7 @@ class RunStats:
     corrupt: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_by_sink: bool = False  # a sink asked to stop (q or Esc in the display window)
     stage_ms: dict[str, collections.deque] = field(
         default_factory=lambda: {s: collections.deque(maxlen=STATS_WINDOW) for s in STAGES})
 
@@ -211,6 +212,7 @@ class StreamPipeline:
                     stats.stage_ms[stage].append(ms)
                 stats.frames += 1
                 if not keep_going:
+                    stats.stopped_by_sink = True
                     break
         except KeyboardInterrupt:
             stats.interrupted = True

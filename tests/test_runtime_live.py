@@ -225,6 +225,16 @@ def test_run_serve_keeps_the_last_frame_until_ctrl_c(constant_model, tmp_path):
     assert "12 frames" in output and "still serving its last frame" in output
 
 
+def test_run_serve_ends_with_max_frames_instead_of_waiting(constant_model, tmp_path):
+    video = write_video(tmp_path / "v.avi", frames=12, h=48, w=64)
+    hdme = Path(sys.executable).with_name("hdme")
+    # A run that kept serving would wait for Ctrl-C: the timeout fails the test instead of hanging it.
+    result = subprocess.run([str(hdme), "run", str(video), "--model", str(constant_model), "--serve", "127.0.0.1:0",
+                             "--max-frames", "5"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "5 frames" in result.stdout and "still serving" not in result.stdout
+
+
 def test_run_serve_bad_address_is_one_line(constant_model, tmp_path):
     video = write_video(tmp_path / "v.avi", frames=2)
     result = CliRunner().invoke(app, ["run", str(video), "--model", str(constant_model), "--serve", "localhost:web"])
