@@ -4,6 +4,7 @@ the contract, NNCF INT8 from calibration images, one-line refusals, and the CLI 
 from __future__ import annotations
 
 import platform
+import time
 
 import cv2
 import numpy as np
@@ -56,6 +57,24 @@ def test_fp32_matches_onnxruntime_at_every_shape_and_repeat(onnx_path):
         first = ov.infer(x)
         ov.infer(rng.random(shape, dtype=np.float32))
         assert np.array_equal(first, ov.infer(x))  # outputs are copies, not the engine's buffer
+
+
+def test_a_shape_whose_fixed_compile_fails_keeps_running_on_the_dynamic_model(onnx_path, caplog):
+    def cannot_fix(shape):
+        raise HdmeError(f"cannot fix the input to {list(shape)}")
+
+    x = textured_rgb(40, 48)[None].transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    with create_backend(onnx_path, "openvino", "fp32") as backend:
+        backend._compile_for = cannot_fix  # as a compile failing on the device would
+        first = backend.infer(x)
+        for _ in range(50):  # the second call starts the fixed-shape compile; later ones collect it
+            np.testing.assert_allclose(backend.infer(x), first, atol=1e-6)
+            if backend._dynamic_only:
+                break
+            time.sleep(0.01)
+        assert backend._dynamic_only == {x.shape} and "running that shape on the dynamic model" in caplog.text
+        np.testing.assert_allclose(backend.infer(x), first, atol=1e-6)
+        assert not backend._compiling  # not tried again
 
 
 def test_default_is_bf16_where_the_cpu_has_it_and_close_to_fp32(onnx_path):

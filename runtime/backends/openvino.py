@@ -9,6 +9,7 @@ within 0.001 MAE (σ/10) of fp32 and 3–4× faster on CPUs with AMX (figures in
 from __future__ import annotations
 
 import functools
+import logging
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +19,8 @@ import numpy as np
 from hdme.contract import INPUT_NAME, OUTPUT_NAME, model_metadata, model_precision
 from hdme.errors import HdmeError, require
 from hdme.runtime.backends.base import Backend, check_input, check_model_io, checked_output
+
+log = logging.getLogger("hdme.runtime")
 
 # hdme precision → OpenVINO inference precision, and the capability a device reports for it.
 INFERENCE_PRECISIONS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
@@ -79,6 +82,7 @@ class OpenVINOBackend(Backend):
         self._dynamic = self._compile(model)
         self._static: OrderedDict[tuple[int, ...], object] = OrderedDict()
         self._seen: set[tuple[int, ...]] = set()
+        self._dynamic_only: set[tuple[int, ...]] = set()  # shapes whose fixed-shape compile failed
         self._compiling: dict[tuple[int, ...], Future] = {}
         self._compiler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hdme-openvino-compile")
         self.device = device.lower()
@@ -118,6 +122,14 @@ class OpenVINOBackend(Backend):
             raise HdmeError(f"{self.model_path}: OpenVINO cannot compile it for {self._device_name} ({_first_line(exc)})") from None
         return compiled.create_infer_request(), compiled.output(OUTPUT_NAME)
 
+    def _compile_for(self, shape: tuple[int, ...]):
+        model = self._model.clone()
+        try:
+            model.reshape({INPUT_NAME: list(shape)})
+        except RuntimeError as exc:
+            raise HdmeError(f"{self.model_path}: OpenVINO cannot fix its input to {list(shape)} ({_first_line(exc)})") from None
+        return self._compile(model)
+
     def _request_for(self, shape: tuple[int, ...]):
         """The model compiled for ``shape`` once it is ready, else the dynamic one.
 
@@ -130,14 +142,18 @@ class OpenVINOBackend(Backend):
             return self._static[shape]
         pending = self._compiling.get(shape)
         if pending is None:
-            if shape in self._seen:
-                model = self._model.clone()
-                model.reshape({INPUT_NAME: list(shape)})
-                self._compiling[shape] = self._compiler.submit(self._compile, model)
+            if shape in self._seen and shape not in self._dynamic_only:
+                self._compiling[shape] = self._compiler.submit(self._compile_for, shape)
             self._seen.add(shape)
         elif pending.done():
             del self._compiling[shape]
-            self._static[shape] = pending.result()
+            try:
+                self._static[shape] = pending.result()
+            except HdmeError as exc:
+                # The dynamic model still runs this shape: keep to it, say so once, do not retry.
+                self._dynamic_only.add(shape)
+                log.warning("%s; running that shape on the dynamic model", exc)
+                return self._dynamic
             if len(self._static) > STATIC_SHAPES:
                 self._static.popitem(last=False)
             return self._static[shape]
