@@ -62,7 +62,7 @@ class SyntheticSet:
 
 
 SYNTHETIC_SETS = {
-    "synthetic": SyntheticSet("synthetic", "hdme", 256, 100, 7_000_001),  # held out: training seeds are small integers
+    "synthetic": SyntheticSet("synthetic", "hdme", 256, 100, 7_000_001),  # held out: a seed of its own, not one a training stream derives
     "away-leaves": SyntheticSet("away-leaves", "away-leaves", 256, 64, 7_100_001),
     "away-dof": SyntheticSet("away-dof", "away-dof", 256, 64, 7_200_001),
     "away-large": SyntheticSet("away-large", "away-large", 1024, 16, 7_300_001),

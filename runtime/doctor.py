@@ -13,6 +13,8 @@ import importlib.util
 import re
 from dataclasses import dataclass
 
+from hdme.runtime.backends import module_installed
+
 
 @dataclass(frozen=True)
 class Finding:
@@ -23,13 +25,6 @@ class Finding:
     version: str
     runs: str
     fix: str | None = None
-
-
-def _installed(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def _version(*distributions: str) -> str | None:
@@ -106,7 +101,7 @@ def _driver_too_old(driver: tuple[int, int]) -> str:
 
 
 def _tensorrt(driver: tuple[int, int] | None) -> Finding:
-    if not _installed("tensorrt"):
+    if not module_installed("tensorrt"):
         if driver is None:
             return Finding("tensorrt", "not installed", "nothing: needs an NVIDIA GPU and driver")
         if driver[0] < 12:
@@ -124,13 +119,13 @@ def _tensorrt(driver: tuple[int, int] | None) -> Finding:
         fix = _driver_too_old(driver)
     else:
         fix = cuda_mismatch("TensorRT", tensorrt_cuda_major(), driver, "'hdme[trt-cu{major}]'")
-    if fix is None and not (_installed("cuda") or _installed("pycuda")):
+    if fix is None and not (module_installed("cuda") or module_installed("pycuda")):
         fix = "TensorRT's buffers need cuda-python or PyCUDA: pip install 'cuda-python>=12,<13' (CUDA 12)"
     return Finding("tensorrt", trt.__version__, runs if fix is None else "", fix)
 
 
 def _torch(driver: tuple[int, int] | None) -> Finding:
-    if not _installed("torch"):
+    if not module_installed("torch"):
         return Finding("torch", "not installed", "", "for .safetensors weights: pip install 'hdme[train]'")
     import torch
 
@@ -146,7 +141,7 @@ def _torch(driver: tuple[int, int] | None) -> Finding:
 def _openvino(driver: tuple[int, int] | None) -> Finding:
     from hdme.runtime.backends import ENGINE_NAMES
 
-    if not _installed("openvino"):
+    if not module_installed("openvino"):
         return Finding("openvino", "not installed", "", "for the fastest x86 CPU engine: pip install 'hdme[openvino]'")
     import openvino
 

@@ -31,7 +31,7 @@ __all__ = ["Backend", "InferTimes", "PRECISIONS", "ENGINES", "BACKEND_NAMES", "E
            "create_backend", "resolve_model", "shipped_artifacts"]
 
 
-def _installed(module: str) -> bool:
+def module_installed(module: str) -> bool:
     try:
         return importlib.util.find_spec(module) is not None
     except (ImportError, ValueError):
@@ -80,7 +80,7 @@ class Engine:
     hint: str = ""
 
     def installed(self) -> bool:
-        return all(any(_installed(m) for m in alternatives.split("|")) for alternatives in self.requires)
+        return all(any(module_installed(m) for m in alternatives.split("|")) for alternatives in self.requires)
 
     def backend_class(self) -> type[Backend]:
         return getattr(importlib.import_module(self.module), self.class_name)

@@ -27,6 +27,7 @@ from hdme.errors import HdmeError
 from hdme.train.synth.noise import jpeg
 from hdme.train.synth.render import PSF_SHAPES, render_defocus
 from hdme.train.synth.scenes import _octave_noise, _shape_mask, _sharp_photo
+from hdme.train.synth.stream import choose
 from hdme.train.synth.maps import synthetic_inverse_depth
 
 SCENES = ("leaves", "dof")
@@ -178,12 +179,6 @@ def draw_dof(size: int, rng: np.random.Generator, source) -> tuple[np.ndarray, n
     return np.clip(image, 0.0, 1.0).astype(np.float32), inv_depth
 
 
-def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
-    names = list(weights)
-    p = np.array([weights[n] for n in names], dtype=np.float64)
-    return names[int(rng.choice(len(names), p=p / p.sum()))]
-
-
 def synthesize_away(recipe: AwayRecipe, size: int, count: int, rng: np.random.Generator, generator: torch.Generator,
                     source, device: torch.device | str = "cpu"):
     """``count`` samples of an away recipe, as ``synthesize`` returns them (a SynthBatch)."""
@@ -195,7 +190,7 @@ def synthesize_away(recipe: AwayRecipe, size: int, count: int, rng: np.random.Ge
     for _ in range(count):
         sharp, inv_depth = draw(size, rng, source)
         sigma = thin_lens_even(inv_depth, rng, recipe.sigma_max)
-        shape = _choose(rng, recipe.psf)
+        shape = choose(rng, recipe.psf)
         sharp_t = torch.from_numpy(np.ascontiguousarray(sharp)).permute(2, 0, 1)[None].to(device)
         sigma_t = torch.from_numpy(sigma)[None, None].to(device)
         linear = recipe.noise == "linear"

@@ -50,7 +50,7 @@ class SynthDraw:
         return dataclasses.replace(self, source=self.source.pin_memory(), sigma=self.sigma.pin_memory(), camera_sigma=camera)
 
 
-def _choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
+def choose(rng: np.random.Generator, weights: dict[str, float]) -> str:
     names = list(weights)
     p = np.array([weights[n] for n in names], dtype=np.float64)
     return names[int(rng.choice(len(names), p=p / p.sum()))]
@@ -91,13 +91,13 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
             kinds.append("scene")
         else:
             rgb = _sharp_enough_crop(source, rng, size, recipe.min_sharpness)
-            kind = _choose(rng, recipe.maps)
+            kind = choose(rng, recipe.maps)
             crop = torch.from_numpy(rgb).permute(2, 0, 1).float() / 255.0
             sigma = make_map(kind, size, rng, dist, source=crop)
             kinds.append(kind)
         sources.append(torch.from_numpy(rgb))
         sigmas.append(sigma)
-    psf = [_choose(rng, recipe.psf) for _ in range(count)]
+    psf = [choose(rng, recipe.psf) for _ in range(count)]
     camera_sigma = None
     if recipe.camera_sigma is not None:
         camera_sigma = torch.from_numpy(rng.uniform(*recipe.camera_sigma, count).astype(np.float32))
