@@ -50,6 +50,24 @@ def tiny_onnx(path: Path, seed: int = 0, multiple: int | None = None, constant: 
     return path
 
 
+def shaped_onnx(path: Path, input_shape, output_channels: int) -> Path:
+    """An ONNX model with the contract's names but the given input shape and output channels."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    in_ch = input_shape[1]
+    weight = numpy_helper.from_array(np.full((output_channels, in_ch, 1, 1), 0.1, np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["image", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["sigma"])], "bad",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_shape)],
+        [helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [input_shape[0], output_channels, *input_shape[2:]])],
+        [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
 def textured_rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     """An RGB uint8 image with detail at several scales (so a model's output varies)."""
     rng = np.random.default_rng(seed)

@@ -11,7 +11,7 @@ from hdme.cli import app
 from hdme.conventions import load_sigma_map
 from hdme.errors import HdmeError
 from hdme.runtime.predict import DefocusPredictor, blend_window, tile_starts
-from runtime_support import textured_rgb, tiny_onnx
+from runtime_support import shaped_onnx, textured_rgb, tiny_onnx
 
 
 @pytest.fixture(scope="module")
@@ -265,24 +265,6 @@ def test_unusable_output_folder_is_one_line(models, tmp_path):
         assert expected in str(result.exception)
 
 
-def _model(path, input_shape, output_channels):
-    """An ONNX model with the contract's names but the given input shape and output channels."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    in_ch = input_shape[1]
-    weight = numpy_helper.from_array(np.full((output_channels, in_ch, 1, 1), 0.1, np.float32), "w")
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["image", "w"], ["c"]), helper.make_node("Sigmoid", ["c"], ["sigma"])], "bad",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, input_shape)],
-        [helper.make_tensor_value_info("sigma", TensorProto.FLOAT, [input_shape[0], output_channels, *input_shape[2:]])],
-        [weight])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(path))
-    return path
-
-
 @pytest.mark.parametrize("engine", ["onnxruntime", "openvino"])
 def test_models_breaking_the_contract_are_one_line(tmp_path, engine):
     import importlib.util
@@ -291,8 +273,8 @@ def test_models_breaking_the_contract_are_one_line(tmp_path, engine):
     if importlib.util.find_spec(engine) is None:
         pytest.skip(f"{engine} is not installed")
     cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 48))
-    grey = _model(tmp_path / "grey.onnx", [1, 1, 8, 8], 1)
-    three = _model(tmp_path / "three.onnx", ["N", 3, "H", "W"], 3)
+    grey = shaped_onnx(tmp_path / "grey.onnx", [1, 1, 8, 8], 1)
+    three = shaped_onnx(tmp_path / "three.onnx", ["N", 3, "H", "W"], 3)
     # Free dimensions print as their names where the engine keeps them, else as '?'.
     for model, expected in ((grey, r"'image' is \[1,1,8,8\], expected \[N,3,H,W\]"),
                             (three, r"'sigma' is \[(N|\?),3,(H|\?),(W|\?)\], expected \[N,1,H,W\]")):
@@ -300,7 +282,7 @@ def test_models_breaking_the_contract_are_one_line(tmp_path, engine):
                                           "--backend", engine])
         assert isinstance(result.exception, HdmeError) and re.search(expected, str(result.exception)), result.exception
     # A fixed-size model is within the contract, but not for images of another size: each fails in one line.
-    fixed = _model(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
+    fixed = shaped_onnx(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
     cv2.imwrite(str(tmp_path / "b.png"), textured_rgb(64, 64))
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), str(tmp_path / "b.png"), "--out", str(tmp_path / "o"),
                                       "--model", str(fixed), "--tta", "none", "--backend", engine])

@@ -17,7 +17,7 @@ from hdme.runtime.backends import create_backend
 from hdme.runtime.pipeline import StreamPipeline, parse_size
 from hdme.runtime.sinks import MapSink, Sink, VideoSink
 from hdme.runtime.sources import LiveSource, VideoFileSource, classify_source, gstreamer_pipeline, open_source
-from runtime_support import textured_rgb, tiny_onnx, write_video
+from runtime_support import shaped_onnx, textured_rgb, tiny_onnx, write_video
 
 
 @pytest.fixture(scope="module")
@@ -402,14 +402,12 @@ def test_run_stats_keep_a_bounded_window_of_latencies():
 
 
 def test_a_run_that_fails_midway_reports_its_own_error_and_keeps_the_video(tmp_path):
-    from test_predict import _model
-
     # The second frame is of a size the fixed-size model rejects: the run fails after one frame.
     frames = tmp_path / "frames"
     frames.mkdir()
     cv2.imwrite(str(frames / "000.png"), textured_rgb(64, 64))
     cv2.imwrite(str(frames / "001.png"), textured_rgb(40, 48))
-    fixed = _model(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
+    fixed = shaped_onnx(tmp_path / "fixed.onnx", [1, 3, 64, 64], 1)
     out = tmp_path / "out.avi"
     result = CliRunner().invoke(app, ["run", str(frames), "--model", str(fixed), "--backend", "onnxruntime",
                                       "--save-video", str(out)])
