@@ -107,16 +107,25 @@ def test_every_psf_shape_matches_a_brute_force_scatter_on_its_levels(rng, shape)
     assert np.abs(_to_numpy(out) - ref).max() <= 1e-3 / 255.0
 
 
-def test_hexagon_and_ring_are_their_shapes():
+def _reach(kernel: np.ndarray, angles: np.ndarray) -> list[float]:
+    """How far the kernel's support reaches from its centre along each direction, px."""
+    h = kernel.shape[0] // 2
+    return [max(t for t in np.arange(0, h, 0.25) if kernel[int(round(h + t * np.sin(a))), int(round(h + t * np.cos(a)))] > 0)
+            for a in angles]
+
+
+def test_apertures_are_their_shapes():
     sigma = 6.0
-    hexagon, ring, disc = (psf_kernel(s, sigma) for s in ("hexagon", "ring", "disc"))
+    ring, dimrim, disc = (psf_kernel(s, sigma) for s in ("ring", "dimrim", "disc"))
     r = ring.shape[0] // 2
-    # the ring is brighter near its rim than at its centre; a disc is flat inside
+    # the ring is brighter near its rim than at its centre, the dimmed rim darker; a disc is flat inside
     assert ring[r, r + int(0.8 * r)] > 2.0 * ring[r, r]
-    assert disc[r, r] == pytest.approx(disc.max())
-    # the hexagon's support reaches further along its corners than along its flat sides
-    h = hexagon.shape[0] // 2
-    angles = np.linspace(0, np.pi / 3, 61)
-    reach = [max(t for t in np.arange(0, h, 0.25) if hexagon[int(round(h + t * np.sin(a))), int(round(h + t * np.cos(a)))] > 0)
-             for a in angles]
-    assert max(reach) - min(reach) >= 1.0
+    r = dimrim.shape[0] // 2
+    assert dimrim[r, r + int(0.8 * r)] < 0.7 * dimrim[r, r]
+    assert disc[disc.shape[0] // 2, disc.shape[0] // 2] == pytest.approx(disc.max())
+    # an iris reaches further along its corners than along its flat sides, and has as many of each as blades
+    for shape, blades in (("pentagon", 5), ("hexagon", 6), ("octagon", 8)):
+        reach = np.array(_reach(psf_kernel(shape, sigma), np.linspace(0, 2 * np.pi, 720, endpoint=False)))
+        assert reach.max() - reach.min() >= 0.75, shape
+        corners = np.fft.rfft(reach - reach.mean())
+        assert int(np.argmax(np.abs(corners[1:40]))) + 1 == blades, shape

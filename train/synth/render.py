@@ -7,9 +7,11 @@ blurred with its level's kernel and the layers are summed. The blurs run in the 
 
 Every PSF shape is labelled by its second-moment σ (per axis): a disc of radius r has σ ≈ r/2.
 Shapes: ``gaussian``; ``disc`` (a circular aperture); ``mixture`` (a disc softened by a Gaussian);
-``hexagon`` (a six-bladed iris); ``ring`` (a disc brighter towards its rim, as over-corrected
-spherical aberration makes it). Training recipes use the first three; the last two are for
-evaluation sets away from the training mix.
+``pentagon`` and ``octagon`` (five- and eight-bladed irises); ``dimrim`` (a disc darker towards its
+rim, as under-corrected spherical aberration makes it); ``hexagon`` (a six-bladed iris); ``ring`` (a
+disc brighter towards its rim, as over-corrected spherical aberration makes it). Training recipes
+draw from the first six; ``hexagon`` and ``ring`` stay out of them, for the evaluation sets away from
+the training mix.
 """
 
 from __future__ import annotations
@@ -23,15 +25,17 @@ import torch.nn.functional as F
 
 from hdme.conventions import SIGMA_MAX
 
-PSF_SHAPES = ("gaussian", "disc", "mixture", "hexagon", "ring")
+PSF_SHAPES = ("gaussian", "disc", "mixture", "pentagon", "octagon", "dimrim", "hexagon", "ring")
 # The σ grid is placed so that ‖two-level mixture − exact Gaussian kernel‖₁ ≤ max_error for every
 # σ: then for any image in [0, 1] and any σ map the render is within about max_error of a per-pixel
 # brute-force scatter (a constant map would allow twice that, as a kernel difference sums to zero).
 MAX_RENDER_ERROR = 1.0 / 255.0
 _MIXTURE_GAUSS_FRACTION = 0.5  # soft disc: σ_gauss = 0.5·σ, σ_disc = √(1 − 0.25)·σ
-_HEXAGON_TURN = 0.2  # rad: the iris's blades are not aligned with the pixel grid
-_RING_CENTRE_WEIGHT = 0.25  # ring PSF: weight at the centre relative to the rim, rising with r²
-_APERTURE_MIN_SIGMA = 1.0  # px: smaller hexagon and ring PSFs are an impulse mixed with this one
+_IRIS_TURN = 0.2  # rad: the iris's blades are not aligned with the pixel grid
+_IRIS_BLADES = {"pentagon": 5, "hexagon": 6, "octagon": 8}
+# Apertures whose weight changes with r² from the centre to the rim: (centre, rim).
+_PROFILES = {"ring": (0.25, 1.0), "dimrim": (1.0, 0.3)}
+_APERTURE_MIN_SIGMA = 1.0  # px: smaller iris and profiled PSFs are an impulse mixed with this one
 
 
 def gaussian_radius(sigma: float) -> int:
@@ -104,20 +108,27 @@ def _aperture_kernel(weight, radius: float, supersample: int = 8) -> np.ndarray:
     return cover / cover.sum()
 
 
-def _hexagon_weight(radius: float):
-    """Inside a regular hexagon of circumradius ``radius``, turned by _HEXAGON_TURN."""
-    apothem = radius * np.cos(np.pi / 6)
-    normals = [(np.cos(_HEXAGON_TURN + k * np.pi / 3), np.sin(_HEXAGON_TURN + k * np.pi / 3)) for k in range(3)]
-    return lambda x, y: np.all([np.abs(x * c + y * s) <= apothem for c, s in normals], axis=0).astype(np.float64)
+def _iris_weight(blades: int):
+    """Inside a regular polygon of ``blades`` sides and circumradius ``radius``, turned by _IRIS_TURN."""
+    def make(radius: float):
+        apothem = radius * np.cos(np.pi / blades)
+        normals = [(np.cos(_IRIS_TURN + 2 * np.pi * k / blades), np.sin(_IRIS_TURN + 2 * np.pi * k / blades))
+                   for k in range(blades)]
+        return lambda x, y: np.all([x * c + y * s <= apothem for c, s in normals], axis=0).astype(np.float64)
+
+    return make
 
 
-def _ring_weight(radius: float):
-    """A disc whose weight rises with r² from _RING_CENTRE_WEIGHT at the centre to 1 at the rim."""
-    def weight(x, y):
-        r2 = (x * x + y * y) / (radius * radius)
-        return np.where(r2 <= 1.0, _RING_CENTRE_WEIGHT + (1.0 - _RING_CENTRE_WEIGHT) * r2, 0.0)
+def _profile_weight(centre: float, rim: float):
+    """A disc of radius ``radius`` whose weight goes with r² from ``centre`` at the middle to ``rim`` at the edge."""
+    def make(radius: float):
+        def weight(x, y):
+            r2 = (x * x + y * y) / (radius * radius)
+            return np.where(r2 <= 1.0, centre + (rim - centre) * r2, 0.0)
 
-    return weight
+        return weight
+
+    return make
 
 
 def _fitted_aperture(make_weight, sigma: float, radius_per_sigma: float) -> np.ndarray:
@@ -158,13 +169,14 @@ def psf_kernel(shape: str, sigma: float) -> np.ndarray:
         r = gauss.size // 2
         padded = np.pad(disc, r)
         return cv2.sepFilter2D(padded, cv2.CV_64F, gauss, gauss, borderType=cv2.BORDER_CONSTANT)
-    if shape == "hexagon":
-        # a regular hexagon of circumradius R has per-axis variance 5R²/24
-        return _fitted_aperture(_hexagon_weight, sigma, np.sqrt(24.0 / 5.0))
-    if shape == "ring":
-        # weight c + (1 − c)·r² on the unit disc: per-axis variance R²·(c/4 + (1 − c)/6) / (c/2 + (1 − c)/4) / 2
-        c = _RING_CENTRE_WEIGHT
-        return _fitted_aperture(_ring_weight, sigma, 1.0 / np.sqrt((c / 4 + (1 - c) / 6) / (c / 2 + (1 - c) / 4) / 2))
+    if shape in _IRIS_BLADES:
+        # a regular n-gon of circumradius R has per-axis variance R²·(1 + 2·cos²(π/n)) / 12
+        n = _IRIS_BLADES[shape]
+        return _fitted_aperture(_iris_weight(n), sigma, np.sqrt(12.0 / (1.0 + 2.0 * np.cos(np.pi / n) ** 2)))
+    if shape in _PROFILES:
+        # weight c + (d − c)·ρ² on the unit disc: per-axis variance R²·(c/4 + (d − c)/6) / (c/2 + (d − c)/4) / 2
+        c, d = _PROFILES[shape]
+        return _fitted_aperture(_profile_weight(c, d), sigma, 1.0 / np.sqrt((c / 4 + (d - c) / 6) / (c / 2 + (d - c) / 4) / 2))
     raise ValueError(f"PSF shape must be one of {PSF_SHAPES}, got {shape!r}")
 
 
