@@ -86,3 +86,8 @@ def test_jpeg_probability_is_honoured():
     out = noise_batch(batch, draw_noise(100, "none", np.random.default_rng(0), jpeg_probability=0.4))
     share = (out != batch).flatten(1).any(dim=1).float().mean().item()
     assert 0.25 < share < 0.55
+
+
+def test_jpeg_quality_range_is_honoured():
+    draw = draw_noise(200, "none", np.random.default_rng(0), jpeg_probability=1.0, jpeg_quality=(40, 45))
+    assert draw.jpeg_quality.min() == 40 and draw.jpeg_quality.max() == 45

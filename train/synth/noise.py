@@ -51,9 +51,10 @@ class NoiseDraw:
 
 
 def draw_noise(count: int, model: str, rng: np.random.Generator, probability: float = 1.0,
-               jpeg_probability: float = 0.0, bayer_probability: float = 0.5) -> NoiseDraw:
-    """Each sample is noised with ``probability`` and JPEG-compressed (quality 60–95) with
-    ``jpeg_probability``; camera noise takes a gain of 30 to 1000 photons at white, read noise of
+               jpeg_probability: float = 0.0, bayer_probability: float = 0.5,
+               jpeg_quality: tuple[int, int] = (60, 95)) -> NoiseDraw:
+    """Each sample is noised with ``probability`` and JPEG-compressed (quality uniform on
+    ``jpeg_quality``) with ``jpeg_probability``; camera noise takes a gain of 30 to 1000 photons at white, read noise of
     0.001–0.01 and a Bayer round trip with ``bayer_probability``."""
     if model not in NOISE_MODELS:
         raise ValueError(f"noise model must be one of {NOISE_MODELS}, got {model!r}")
@@ -71,7 +72,7 @@ def draw_noise(count: int, model: str, rng: np.random.Generator, probability: fl
                 draw.read[i] = rng.uniform(0.001, 0.01)
                 draw.bayer[i] = rng.random() < bayer_probability
         if rng.random() < jpeg_probability:
-            draw.jpeg_quality[i] = int(rng.integers(60, 96))
+            draw.jpeg_quality[i] = int(rng.integers(jpeg_quality[0], jpeg_quality[1] + 1))
     return draw
 
 

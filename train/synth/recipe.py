@@ -26,6 +26,7 @@ class SynthRecipe:
     shuffle: str = "full"  # "full" | "rowcol" | "none" (none keeps the source as it is)
     scene_fraction: float = 0.0  # share of structured scenes; the rest are shuffled-pixel samples
     fine_scene_fraction: float = 0.0  # share of those scenes drawn with many small shapes (dense edges)
+    depth_field_fraction: float = 0.0  # share of those scenes whose background is a photo on a smooth depth field
     maps: dict[str, float] = field(default_factory=lambda: {"patch": 0.2, "gaussian": 0.4, "segment": 0.4})
     sigma: dict = field(default_factory=lambda: {"kind": "uniform", "max": 10.0})
     psf: dict[str, float] = field(default_factory=lambda: {"gaussian": 1.0})
@@ -33,6 +34,7 @@ class SynthRecipe:
     noise: str = "paper"
     noise_probability: float = 0.1
     jpeg_probability: float = 0.0
+    jpeg_quality: list[int] = field(default_factory=lambda: [60, 95])  # [lo, hi], drawn uniformly
     bayer_probability: float = 0.5  # share of camera-noised samples that go through a Bayer mosaic
     min_sharpness: float = 1000.0  # redraw source crops whose shuffle would stay below this Laplacian variance
     render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (speed vs exactness)
@@ -47,9 +49,12 @@ class SynthRecipe:
             problems.append(f"psf must weight some of {PSF_SHAPES}")
         if self.noise not in NOISE_MODELS:
             problems.append(f"noise must be one of {NOISE_MODELS}")
-        for key in ("scene_fraction", "fine_scene_fraction", "noise_probability", "jpeg_probability", "bayer_probability"):
+        for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "noise_probability",
+                    "jpeg_probability", "bayer_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
+        if not (len(self.jpeg_quality) == 2 and 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100):
+            problems.append("jpeg_quality must be [lo, hi] with 1 ≤ lo ≤ hi ≤ 100")
         if not 0.0 < self.render_error_8bit <= 8.0:
             problems.append("render_error_8bit must be within (0, 8]")
         if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
@@ -93,11 +98,16 @@ RECIPES: dict[str, SynthRecipe] = {
     ),
 }
 # `hdme` over the whole σ range: most draws above 3 px (the σ of real backgrounds and macro shots),
-# and a third of the scenes dense with small shapes so that blur is read from how edges spread,
-# not from how many there are.
+# a third of the scenes dense with small shapes so that blur is read from how edges spread,
+# not from how many there are, and photo backgrounds on smooth depth fields.
 RECIPES["hdme-range"] = dataclasses.replace(
     RECIPES["hdme"], name="hdme-range", fine_scene_fraction=0.35,
     sigma={"kind": "favour_small", "max": 10.0, "small_max": 3.0, "small_prob": 0.2},
+    # Blurred backgrounds in photos are textured and their σ varies; web photos are often
+    # compressed harder than quality 60.
+    depth_field_fraction=0.4, jpeg_quality=[40, 95],
+    # Lenses differ: five- and eight-bladed irises and a rim-darkened aperture beside the round ones.
+    psf={"gaussian": 0.3, "disc": 0.25, "mixture": 0.15, "pentagon": 0.1, "octagon": 0.1, "dimrim": 0.1},
 )
 
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from hdme.train.synth.maps import SigmaDistribution, scale_to_sigma_max
+from hdme.train.synth.maps import SigmaDistribution, scale_to_sigma_max, synthetic_inverse_depth
 from hdme.train.synth.sharpness import SHARP_THRESHOLD, laplacian_variance
 
 SUPERSAMPLE = 4
@@ -187,7 +187,7 @@ def _shape_mask(kind: str, size: int, rng: np.random.Generator,
 
 
 def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribution,
-               fine: bool = False) -> tuple[np.ndarray, np.ndarray]:
+               fine: bool = False, depth_field: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """One all-in-focus scene (RGB uint8 size×size×3) and its thin-lens σ map (float32 px).
 
     The background is a plane or ramp in inverse depth; 3–15 shapes are stacked in front of it,
@@ -195,11 +195,18 @@ def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribut
     regions are in focus and σ is piecewise smooth with jumps exactly at occlusion boundaries.
     ``fine`` scenes stack 12–40 shapes at 0.15–0.5× the size, so that dense edges occur at every
     blur: the density of edges must not tell the network how blurred they are.
+    ``depth_field`` scenes put the shapes in front of a photo on a smooth depth field (planes, steps,
+    undulation), so that σ varies across wide textured backgrounds as in shallow depth-of-field
+    photos; a plane behind flat or synthetic fills never shows a large blur varying over a photo.
     """
     ys, xs = _coords(size)
-    image = _fill(str(rng.choice(_BACKGROUND_FILLS, p=_BACKGROUND_WEIGHTS)), size, rng, source)
-    a, b = rng.uniform(-0.3, 0.3, 2)
-    inv_depth = np.clip(rng.uniform(0.0, 0.3) + a * xs + b * ys, 0.0, None).astype(np.float32)
+    if depth_field:
+        image = _sharp_photo(size, rng, source)
+        inv_depth = 0.3 * synthetic_inverse_depth(size, rng).numpy().astype(np.float32)
+    else:
+        image = _fill(str(rng.choice(_BACKGROUND_FILLS, p=_BACKGROUND_WEIGHTS)), size, rng, source)
+        a, b = rng.uniform(-0.3, 0.3, 2)
+        inv_depth = np.clip(rng.uniform(0.0, 0.3) + a * xs + b * ys, 0.0, None).astype(np.float32)
     n = int(rng.integers(12, 41)) if fine else int(rng.integers(3, 16))
     object_depths = np.sort(rng.uniform(0.2, 1.0, n))
     for depth in object_depths:

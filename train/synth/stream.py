@@ -86,7 +86,8 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         if rng.random() < recipe.scene_fraction:
             # drawn only where the recipe asks for fine scenes, so older recipes keep their streams
             fine = recipe.fine_scene_fraction > 0 and rng.random() < recipe.fine_scene_fraction
-            rgb, sigma = draw_scene(size, rng, source, dist, fine)
+            depth_field = recipe.depth_field_fraction > 0 and rng.random() < recipe.depth_field_fraction
+            rgb, sigma = draw_scene(size, rng, source, dist, fine, depth_field)
             sigma = torch.from_numpy(sigma)
             kinds.append("scene")
         else:
@@ -102,7 +103,7 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
     if recipe.camera_sigma is not None:
         camera_sigma = torch.from_numpy(rng.uniform(*recipe.camera_sigma, count).astype(np.float32))
     noise = draw_noise(count, recipe.noise, rng, recipe.noise_probability, recipe.jpeg_probability,
-                       recipe.bayer_probability)
+                       recipe.bayer_probability, tuple(recipe.jpeg_quality))
     return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise)
 
 
