@@ -1,8 +1,8 @@
 """Evaluation recipes away from the training mix: other content, other PSF shapes, other noise, and
 σ spread evenly over its whole range.
 
-- ``away-leaves``: dead leaves (hundreds of occluding discs and ellipses, sizes from a power law) with
-  photo, octave-noise and flat fills; hexagonal-iris and ring PSFs, blurred in linear light;
+- ``away-leaves``: dead leaves (hundreds of occluding discs and ellipses, sizes from a power law) on a
+  smooth random depth surface, with photo, octave-noise and flat fills; hexagonal-iris and ring PSFs, blurred in linear light;
   heteroscedastic Gaussian sensor noise, then the sRGB tone curve. σ 0–10 px.
 - ``away-dof``: a bundled photo with a smooth thin-lens depth, one to three photo cut-outs in front of
   it; Gaussian or disc PSFs; light noise and heavy JPEG (quality 15–40). σ 0–10 px.
@@ -121,43 +121,41 @@ def _leaf_fill(shape: tuple[int, int], rng: np.random.Generator, source) -> np.n
 
 
 def draw_leaves(size: int, rng: np.random.Generator, source) -> tuple[np.ndarray, np.ndarray]:
-    """Dead leaves: discs and ellipses with radii from a power law (density ∝ r⁻³, from 2 % to 40 %
-    of the side), painted far to near until they cover the frame, a few tilted in depth.
+    """Dead leaves on a scene's depth: discs and ellipses with radii from a power law (density ∝ r⁻³,
+    from 2 % to 40 % of the side), each at the depth of a smooth random surface where it lies, a few
+    slanted along it, painted far to near. Neighbouring leaves sit at similar depths, as the leaves of
+    one bush do; with independent depths a small leaf far from focus would be smeared over its
+    neighbours until no estimator could tell its σ from theirs.
     Returns the all-in-focus image (float32 [S, S, 3], 0..1) and its inverse depth (float32 [S, S])."""
+    surface = synthetic_inverse_depth(size, rng).numpy().astype(np.float32)
     image = np.broadcast_to(rng.random(3).astype(np.float32), (size, size, 3)).copy()
-    inv_depth = np.zeros((size, size), np.float32)
-    covered = np.zeros((size, size), bool)
+    inv_depth = surface - 0.05  # the backdrop: behind every leaf
     r_min, r_max = 0.02 * size, 0.4 * size
-    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
-    depth = 0.0
-    for _ in range(4000):
+    leaves, area = [], 0.0
+    while area < 4.0 * size * size and len(leaves) < 4000:  # about 98 % of the frame covered
         # inverse transform sampling of p(r) ∝ r⁻³ on [r_min, r_max]
         u = rng.random()
         r = 1.0 / math.sqrt(u / r_max**2 + (1.0 - u) / r_min**2)
         cy, cx = rng.uniform(-0.05, 1.05, 2) * size
-        axes = (max(1, int(r * 16)), max(1, int(r * rng.uniform(0.4, 1.0) * 16)))
+        depth = float(surface[int(np.clip(cy, 0, size - 1)), int(np.clip(cx, 0, size - 1))]) + rng.normal(0.0, 0.02)
+        leaves.append((depth, r, cy, cx, rng.uniform(0.4, 1.0), rng.uniform(0, 180), rng.random() < 0.3))
+        area += math.pi * r * r * 0.7
+    for depth, r, cy, cx, aspect, angle, slanted in sorted(leaves, key=lambda leaf: leaf[0]):
         y0, y1 = max(0, int(cy - r) - 1), min(size, int(cy + r) + 2)
         x0, x1 = max(0, int(cx - r) - 1), min(size, int(cx + r) + 2)
         if y1 <= y0 or x1 <= x0:
             continue
         canvas = np.zeros((y1 - y0, x1 - x0), np.uint8)
         centre = (int((cx - x0) * 16), int((cy - y0) * 16))
-        cv2.ellipse(canvas, centre, axes, rng.uniform(0, 180), 0, 360, 255, -1, cv2.LINE_AA, 4)
+        cv2.ellipse(canvas, centre, (max(1, int(r * 16)), max(1, int(r * aspect * 16))), angle, 0, 360, 255, -1,
+                    cv2.LINE_AA, 4)
         alpha = canvas.astype(np.float32)[..., None] / 255.0
         if not alpha.any():
             continue
-        depth += 1.0
-        fill = _leaf_fill(canvas.shape, rng, source)
-        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1.0 - alpha) + fill * alpha
-        inside = alpha[..., 0] > 0.5
-        leaf_depth = np.full(canvas.shape, depth, np.float32)
-        if rng.random() < 0.3:  # a slanted leaf: depth changes across it, never past its neighbours
-            slope = rng.uniform(-0.45, 0.45, 2) / max(r, 1.0)
-            leaf_depth += slope[0] * (ys[y0:y1, x0:x1] - cy) + slope[1] * (xs[y0:y1, x0:x1] - cx)
-        inv_depth[y0:y1, x0:x1] = np.where(inside, leaf_depth, inv_depth[y0:y1, x0:x1])
-        covered[y0:y1, x0:x1] |= inside
-        if covered.mean() > 0.99:
-            break
+        image[y0:y1, x0:x1] = image[y0:y1, x0:x1] * (1.0 - alpha) + _leaf_fill(canvas.shape, rng, source) * alpha
+        # A slanted leaf follows the surface under it; the others are parallel to the sensor.
+        leaf_depth = surface[y0:y1, x0:x1] - surface[y0:y1, x0:x1].mean() + depth if slanted else depth
+        inv_depth[y0:y1, x0:x1] = np.where(alpha[..., 0] > 0.5, leaf_depth, inv_depth[y0:y1, x0:x1])
     return np.clip(image, 0.0, 1.0), inv_depth
 
 
