@@ -167,9 +167,9 @@ def quantize_int8(
         keep_head = target == "tensorrt"
     exclude = sorted(set(exclude or []) | set(head_nodes(model) if keep_head else []))
     if backend == "modelopt" and target == "cpu":
-        raise HdmeError("ModelOpt writes TensorRT Q/DQ graphs only; use --backend ort for --target cpu")
+        raise HdmeError("ModelOpt writes TensorRT Q/DQ graphs only; the CPU layout is quantised with ONNX Runtime")
     if backend == "modelopt" and method == "percentile":
-        raise HdmeError("ModelOpt calibrates INT8 with 'max' or 'entropy', not 'percentile'; use --backend ort")
+        raise HdmeError("ModelOpt calibrates INT8 with 'max' or 'entropy', not 'percentile'; ONNX Runtime has all three")
     # ModelOpt has no percentile calibration: 'auto' takes ONNX Runtime's for it.
     use_modelopt = target == "tensorrt" and (
         backend == "modelopt" or (backend == "auto" and method != "percentile" and _modelopt_available())

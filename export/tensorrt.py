@@ -210,7 +210,7 @@ def build_engine(
         from hdme.export.calibration import CALIB_SIZE, CalibrationSet
 
         if calib_dir is None:
-            raise HdmeError("INT8 from an FP32 ONNX needs --calib DIR (or quantise the ONNX first)")
+            raise HdmeError("INT8 from an FP32 ONNX needs a folder of calibration images (or an ONNX quantised first)")
         calib_shape = calibration_shape(dims, CALIB_SIZE)
         validate_profile(Profile(calib_shape, calib_shape, calib_shape), multiple, dims)
         calib = CalibrationSet(calib_dir, size=calib_shape[2:])

@@ -73,7 +73,7 @@ def parse_targets(points: str | None, regions: str | None) -> list[Target]:
                 raise HdmeError(f"'{item}' is not a {'point' if arity == 2 else 'region'} ({shape}, pixels)")
             targets.append(Target(*values))
     if not targets:
-        raise HdmeError('give at least one point (--points "x,y;x,y") or region (--regions "x,y,w,h")')
+        raise HdmeError('give at least one point ("x,y;x,y") or region ("x,y,w,h")')
     return targets
 
 

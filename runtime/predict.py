@@ -82,7 +82,7 @@ def merge_scales(sigma: np.ndarray, coarse: dict[int, np.ndarray]) -> np.ndarray
 
 def check_tta(tta: str) -> str:
     if tta not in TTA_FLIPS:
-        raise HdmeError(f"unknown --tta '{tta}' (choose {', '.join(TTA_FLIPS)})")
+        raise HdmeError(f"unknown test-time augmentation '{tta}' (choose {', '.join(TTA_FLIPS)})")
     return tta
 
 
@@ -142,7 +142,7 @@ class DefocusPredictor:
                  overlap: int = DEFAULT_OVERLAP, precision: str | None = None, tta: str | None = None,
                  extend_range: bool = False, **options) -> None:
         if max_side is not None and max_side < MIN_SIDE:
-            raise HdmeError(f"--max-side must be at least {MIN_SIDE} px")
+            raise HdmeError(f"the longest side to downscale to must be at least {MIN_SIDE} px")
         if tile is not None and tile <= 2 * overlap:
             raise HdmeError(f"tiles must be larger than twice the overlap ({2 * overlap} px)")
         self.tta = check_tta(tta or DEFAULT_TTA)

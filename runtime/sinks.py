@@ -36,7 +36,7 @@ class DisplaySink(Sink):
         self.title = title
         # Without a display server, OpenCV's Qt/GTK windows abort the whole process.
         if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
-            raise HdmeError("--display needs a desktop session (no DISPLAY is set); use --save-video instead")
+            raise HdmeError("a display window needs a desktop session (no DISPLAY is set); save a video instead")
         try:
             cv2.namedWindow(title, cv2.WINDOW_NORMAL)
         except cv2.error:

@@ -167,7 +167,7 @@ def test_method_rows():
                                                 ("flip4", "a.onnx · onnxruntime · fp32 · flip4")]
     with pytest.raises(HdmeError):
         methods_for([], [], ["dmenet"])
-    with pytest.raises(HdmeError, match="unknown --tta"):
+    with pytest.raises(HdmeError, match="unknown test-time augmentation"):
         methods_for([], [], ["hdme"], ttas=["rotate"])
 
 

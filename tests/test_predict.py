@@ -167,7 +167,7 @@ def test_tta_averages_sigma_over_the_mirrored_views(models, model):
     flip4 = DefocusPredictor(models[model], tta="flip4")
     np.testing.assert_allclose(flip4.predict(rgb), (single + mirrored + upside_down + both) / 4, atol=1e-5)
     assert "mirrored" not in one.last_plan.describe(37, 53)
-    with pytest.raises(HdmeError, match="unknown --tta 'rotate'"):
+    with pytest.raises(HdmeError, match="unknown test-time augmentation 'rotate'"):
         DefocusPredictor(models[model], tta="rotate")
 
 
@@ -183,7 +183,7 @@ def test_cli_predict_tta_option(models, tmp_path):
     assert not np.allclose(np.load(tmp_path / "none" / "a.npy"), expected, atol=1e-3)
     bad = runner.invoke(app, ["predict", str(tmp_path / "a.png"), "--model", str(models["tiny"]),
                               "--out", str(tmp_path / "x"), "--tta", "rotate"])
-    assert isinstance(bad.exception, HdmeError) and "unknown --tta 'rotate'" in str(bad.exception)
+    assert isinstance(bad.exception, HdmeError) and "unknown test-time augmentation 'rotate'" in str(bad.exception)
 
 
 @pytest.mark.parametrize("constant, plain, extended", [(0.25, 2.5, 2.5), (0.7, 7.0, 10.5), (0.9, 9.0, 36.0)])

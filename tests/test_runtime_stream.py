@@ -334,7 +334,7 @@ def test_display_without_a_desktop_is_one_line(monkeypatch):
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     if not __import__("sys").platform.startswith("linux"):
         pytest.skip("the display check applies to Linux desktops")
-    with pytest.raises(HdmeError, match="--display needs a desktop session"):
+    with pytest.raises(HdmeError, match="a display window needs a desktop session"):
         DisplaySink()
 
 

@@ -64,19 +64,19 @@ class TrainConfig:
 
     def check(self) -> None:
         if self.loss not in LOSSES:
-            raise HdmeError(f"--loss must be one of {', '.join(LOSSES)}, not '{self.loss}'")
+            raise HdmeError(f"loss must be one of {', '.join(LOSSES)}, not '{self.loss}'")
         if self.schedule not in SCHEDULES:
             raise HdmeError(f"schedule must be one of {', '.join(SCHEDULES)}, not '{self.schedule}'")
         if self.steps is not None and self.epochs is not None:
-            raise HdmeError("give --steps or --epochs, not both")
+            raise HdmeError("give steps or epochs, not both")
         if self.epochs is not None and self.data is None:
-            raise HdmeError("--epochs needs --data (the synthetic stream has no epochs; use --steps)")
+            raise HdmeError("epochs need a dataset folder (the synthetic stream has no epochs; give steps)")
         if self.steps is None and self.epochs is None:
-            raise HdmeError("give --steps N (or --epochs N with --data)")
+            raise HdmeError("give a number of steps (or of epochs with a dataset folder)")
         if self.fit_minutes is not None and (self.fit_minutes <= 0 or self.steps is None):
-            raise HdmeError("--fit-minutes must be positive and needs --steps (the most the run may take)")
+            raise HdmeError("fit_minutes must be positive and needs steps (the most the run may take)")
         if not 0.0 <= self.ema_decay < 1.0:
-            raise HdmeError("--ema-decay must be within [0, 1)")
+            raise HdmeError("ema_decay must be within [0, 1)")
         for name in ("batch", "size", "val_every", "val_count", "ckpt_every", "log_every", "ckpt_minutes"):
             if getattr(self, name) <= 0:
-                raise HdmeError(f"--{name.replace('_', '-')} must be positive")
+                raise HdmeError(f"{name} must be positive")

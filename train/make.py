@@ -59,7 +59,7 @@ def resolve_recipe(name: str, maps: list[str] | None, noise: str | None, shuffle
 
     recipe = get_recipe(name)
     if not isinstance(recipe, SynthRecipe) and (maps or noise is not None or shuffle is not None):
-        raise HdmeError(f"recipe '{name}' draws its own scenes and noise; --maps, --noise and --shuffle do not apply")
+        raise HdmeError(f"recipe '{name}' draws its own scenes and noise; maps, noise and shuffle choices do not apply")
     changes = {}
     if maps:
         changes["maps"] = {m: 1.0 for m in maps}
@@ -196,9 +196,9 @@ def _previous_records(out: Path, args: MakeArgs) -> dict[str, dict]:
 def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
     """Build (or finish) the dataset described by ``args``; returns the manifest."""
     if args.count < 1:
-        raise HdmeError("--count must be at least 1")
+        raise HdmeError("a dataset needs at least 1 image")
     if args.size < 16:
-        raise HdmeError("--size must be at least 16 px")
+        raise HdmeError("images must be at least 16 px")
     recipe = resolve_recipe(args.recipe, args.maps, args.noise, args.shuffle)
     args.recipe_used = recipe.to_dict()
     open_source(args.source)  # fail early, in this process, on a bad --source

@@ -173,7 +173,7 @@ class Trainer:
         self.step, self.best_mae, self.wall_before = ckpt["step"], ckpt["best_mae"], ckpt["wall_s"]
         if self.ema is not None:
             if "ema" not in ckpt:
-                raise HdmeError(f"{self.ckpt_path} was written without --ema-decay; resume it without")
+                raise HdmeError(f"{self.ckpt_path} was written without a weight average (ema_decay 0); resume it with ema_decay 0")
             self.ema.load_state_dict(ckpt["ema"])
         if len(ckpt["rng"]) == self.d.world:
             set_rng_state(ckpt["rng"][self.d.rank])

@@ -69,7 +69,7 @@ def fit_profile(shape: tuple[int, ...], lo: tuple[int, ...], hi: tuple[int, ...]
     if len(shape) != len(lo) or any(s < a or s > b for s, a, b in zip(shape, lo, hi)):
         raise HdmeError(
             f"input {list(shape)} is outside the engine's profile {list(lo)}…{list(hi)}; "
-            "resize the input (--size) or rebuild the engine with wider --shapes"
+            "resize the input or rebuild the engine with a wider profile (hdme export trt --shapes)"
         )
 
 
