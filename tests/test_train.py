@@ -154,7 +154,7 @@ def test_fit_minutes_ends_the_schedule_on_time(tmp_path, monkeypatch):
     assert lrs[-1] < 0.03 * 1e-3 < lrs[len(lrs) // 2]  # annealed at the end, not before
     capped = train(TrainConfig(out=str(tmp_path / "capped"), steps=6, fit_minutes=60.0, **TINY))
     assert capped.card["steps"] == 6
-    with pytest.raises(HdmeError, match="fit-minutes"):
+    with pytest.raises(HdmeError, match="fit_minutes"):
         train(TrainConfig(out=str(tmp_path / "bad"), steps=6, fit_minutes=0.0, **TINY))
 
 
