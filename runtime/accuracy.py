@@ -51,6 +51,10 @@ PROTOCOL_COLUMNS = {
 }
 
 
+# A row's precision before its engine has loaded the model and said which it runs: the model's own.
+OWN_PRECISION = "own"
+
+
 @dataclass
 class Method:
     """One row of the table: how to build its predictor and how to label it."""
@@ -98,7 +102,7 @@ def methods_for(
                 for backend in backends:
                     for precision in list(dict.fromkeys(precisions)) or [None]:
                         for tta in ttas:
-                            out.append(Method("hdme", model, backend, precision or "fp32",
+                            out.append(Method("hdme", model, backend, precision or OWN_PRECISION,
                                               _builder("hdme", model, backend, max_side, tta, precision), tta))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
@@ -125,7 +129,7 @@ def _describe_backend(predictor: SigmaPredictor, method: Method) -> None:
     if isinstance(name, str) and name:
         method.backend = name
     precision = getattr(backend, "precision", None)
-    if isinstance(precision, str) and precision and method.precision == "fp32":
+    if isinstance(precision, str) and precision and method.precision == OWN_PRECISION:
         method.precision = precision
 
 

@@ -157,14 +157,15 @@ def test_a_model_that_cannot_load_is_one_line(map_dir):
 def test_method_rows():
     rows = methods_for(["a.onnx", "a.int8.onnx"], ["onnxruntime", "torch"], ["hdme", "zhuo-sim"])
     assert [(m.method, m.model, m.backend, m.precision) for m in rows] == [
-        ("hdme", "a.onnx", "onnxruntime", "fp32"), ("hdme", "a.onnx", "torch", "fp32"),
-        ("hdme", "a.int8.onnx", "onnxruntime", "fp32"), ("hdme", "a.int8.onnx", "torch", "fp32"),
+        # a file's precision is its own until its engine says which (not "fp32" for an INT8 file)
+        ("hdme", "a.onnx", "onnxruntime", "own"), ("hdme", "a.onnx", "torch", "own"),
+        ("hdme", "a.int8.onnx", "onnxruntime", "own"), ("hdme", "a.int8.onnx", "torch", "own"),
         ("zhuo-sim", None, "numpy/opencv", "fp32"),
     ]
     assert {m.tta for m in rows if m.method == "hdme"} == {"flip"}  # as hdme predict
     rows = methods_for(["a.onnx"], ["onnxruntime"], ["hdme"], ttas=["none", "flip4"])
-    assert [(m.tta, m.label) for m in rows] == [("none", "a.onnx · onnxruntime · fp32"),
-                                                ("flip4", "a.onnx · onnxruntime · fp32 · flip4")]
+    assert [(m.tta, m.label) for m in rows] == [("none", "a.onnx · onnxruntime · own"),
+                                                ("flip4", "a.onnx · onnxruntime · own · flip4")]
     with pytest.raises(HdmeError):
         methods_for([], [], ["dmenet"])
     with pytest.raises(HdmeError, match="unknown test-time augmentation"):
