@@ -227,7 +227,7 @@ class LiveView(Sink):
             "source_message": None if self._message is None else self._message[1],
             "frame_size": size, "panel_size": list(self._panel),
             "sigma_max": SIGMA_MAX, "viewers": self.viewers, "stream_fps_cap": round(1.0 / self.min_interval, 2),
-            "points": points, "uptime_s": round(now - self._started, 1),
+            "points": points, "history_s": HISTORY_S, "uptime_s": round(now - self._started, 1),
         }
 
     def _source_state(self, now: float, last_frame: float | None) -> str:

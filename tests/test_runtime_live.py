@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from hdme.cli import app
 from hdme.errors import HdmeError
 from hdme.runtime.backends import create_backend
-from hdme.runtime.live import BOUNDARY, LiveServer, LiveView, parse_address
+from hdme.runtime.live import BOUNDARY, HISTORY_S, LiveServer, LiveView, parse_address
 from headless_chromium import HeadlessChromium, find_chromium
 from runtime_support import PacedSource, served_pipeline, textured_rgb, tiny_onnx, write_video
 
@@ -112,6 +112,7 @@ def test_endpoints_give_the_page_figures_pictures_and_points(constant_model):
         later = wait_until(lambda: (s := stats(server))["points"] and len(s["points"][0]["history"]) >= 5 and s)
         history = np.array(later["points"][0]["history"])
         assert np.all(history[:, 0] <= 0) and np.all(np.diff(history[:, 0]) >= 0)  # seconds before now, in order
+        assert later["history_s"] == HISTORY_S  # the span the page draws its history over
         np.testing.assert_allclose(history[:, 1], 2.0, atol=1e-3)
 
         status, body = get(server.url + "api/points?x=64&y=3", "POST")
