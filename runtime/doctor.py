@@ -96,6 +96,13 @@ def _onnxruntime(driver: tuple[int, int] | None) -> Finding:
     return Finding("onnxruntime", ort.__version__, "; ".join(reversed(runs)), fix)
 
 
+def _extra(engine: str) -> str:
+    """The pip requirement that installs an engine: the extra its registry entry names."""
+    from hdme.runtime.backends import ENGINE_NAMES
+
+    return f"'hdme[{ENGINE_NAMES[engine].extra}]'"
+
+
 def _driver_too_old(driver: tuple[int, int]) -> str:
     return f"the driver supports CUDA {driver[0]}.{driver[1]}; TensorRT 10 and later need CUDA 12: update the NVIDIA driver"
 
@@ -110,7 +117,7 @@ def _tensorrt(driver: tuple[int, int] | None) -> Finding:
     try:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # installed, but its libraries do not load
-        return Finding("tensorrt", _version("tensorrt") or "?", "", f"TensorRT does not load ({exc}); reinstall: pip install 'hdme[trt]'")
+        return Finding("tensorrt", _version("tensorrt") or "?", "", f"TensorRT does not load ({exc}); reinstall: pip install {_extra('tensorrt')}")
     major = _major(trt.__version__)
     # TensorRT 11 builds reduced precision only from typed ONNX (hdme export quantize); 10 also
     # from FP32 with the builder flags.
@@ -126,7 +133,7 @@ def _tensorrt(driver: tuple[int, int] | None) -> Finding:
 
 def _torch(driver: tuple[int, int] | None) -> Finding:
     if not module_installed("torch"):
-        return Finding("torch", "not installed", "", "for .safetensors weights: pip install 'hdme[train]'")
+        return Finding("torch", "not installed", "", f"for .safetensors weights: pip install {_extra('torch')}")
     import torch
 
     runs = ["cpu: fp32"]
@@ -142,7 +149,7 @@ def _openvino(driver: tuple[int, int] | None) -> Finding:
     from hdme.runtime.backends import ENGINE_NAMES
 
     if not module_installed("openvino"):
-        return Finding("openvino", "not installed", "", "for the fastest x86 CPU engine: pip install 'hdme[openvino]'")
+        return Finding("openvino", "not installed", "", f"for the fastest x86 CPU engine: pip install {_extra('openvino')}")
     import openvino
 
     # An FP32 model at the precisions the CPU computes; INT8 files (ONNX Q/DQ or NNCF IR) run everywhere.

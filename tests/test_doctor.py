@@ -37,6 +37,10 @@ def test_the_extras_the_fixes_name_pin_cuda_python_to_their_cuda_major():
         assert f"cuda-python>={major},<{major + 1}" in requirements
         assert any(r.startswith(f"tensorrt-cu{major}") for r in requirements)
     assert extras["trt"] == ["hdme[trt-cu12]"]
+    from hdme.runtime.backends import ENGINES
+
+    for engine in ENGINES:  # doctor names each engine's registry extra as its install command
+        assert not engine.extra or engine.extra in extras, engine.name
 
 
 def test_every_backend_has_a_probe():
