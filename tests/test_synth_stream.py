@@ -67,6 +67,13 @@ def test_recipe_files_match_the_presets_and_bad_recipes_are_one_line_errors(tmp_
         get_recipe(str(bad))
     with pytest.raises(HdmeError):
         get_recipe("no-such-recipe")
+    # Training and away recipes share one check of each field they have in common.
+    for kind in ({}, {"kind": "away", "scene": "leaves"}):
+        for field, value in (("jpeg_quality", [90, 40]), ("jpeg_quality", [0, 50]), ("jpeg_quality", [40.5, 90]),
+                             ("psf", {"gaussian": -1.0}), ("psf", {"star": 1.0})):
+            bad.write_text(json.dumps({"data": {**kind, field: value}}))
+            with pytest.raises(HdmeError, match=f"recipe 'bad'.*{field} must"):
+                get_recipe(str(bad))
 
 
 def test_sources_crop_to_size_and_skip_bad_files(tmp_path):

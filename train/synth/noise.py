@@ -50,6 +50,15 @@ class NoiseDraw:
     jpeg_quality: np.ndarray  # int64 [B]
 
 
+def jpeg_quality_problem(quality) -> str | None:
+    """Why ``quality`` is not a [lo, hi] range of JPEG qualities, or None when it is one."""
+    if not (isinstance(quality, (list, tuple)) and len(quality) == 2
+            and all(isinstance(q, int) and not isinstance(q, bool) for q in quality)
+            and 1 <= quality[0] <= quality[1] <= 100):
+        return "jpeg_quality must be [lo, hi], whole numbers with 1 ≤ lo ≤ hi ≤ 100"
+    return None
+
+
 def draw_noise(count: int, model: str, rng: np.random.Generator, probability: float = 1.0,
                jpeg_probability: float = 0.0, bayer_probability: float = 0.5,
                jpeg_quality: tuple[int, int] = (60, 95)) -> NoiseDraw:

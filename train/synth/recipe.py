@@ -13,8 +13,8 @@ from pathlib import Path
 
 from hdme.errors import HdmeError
 from hdme.train.synth.maps import MAP_KINDS, SigmaDistribution
-from hdme.train.synth.noise import NOISE_MODELS
-from hdme.train.synth.render import PSF_SHAPES
+from hdme.train.synth.noise import NOISE_MODELS, jpeg_quality_problem
+from hdme.train.synth.render import psf_weights_problem
 from hdme.train.synth.shuffle import SHUFFLE_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -45,16 +45,13 @@ class SynthRecipe:
             problems.append(f"shuffle must be one of {(*SHUFFLE_MODES, 'none')}")
         if not self.maps or any(k not in MAP_KINDS or w < 0 for k, w in self.maps.items()) or sum(self.maps.values()) <= 0:
             problems.append(f"maps must weight some of {MAP_KINDS}")
-        if not self.psf or any(k not in PSF_SHAPES or w < 0 for k, w in self.psf.items()) or sum(self.psf.values()) <= 0:
-            problems.append(f"psf must weight some of {PSF_SHAPES}")
+        problems += filter(None, (psf_weights_problem(self.psf), jpeg_quality_problem(self.jpeg_quality)))
         if self.noise not in NOISE_MODELS:
             problems.append(f"noise must be one of {NOISE_MODELS}")
         for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "noise_probability",
                     "jpeg_probability", "bayer_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
-        if not (len(self.jpeg_quality) == 2 and 1 <= self.jpeg_quality[0] <= self.jpeg_quality[1] <= 100):
-            problems.append("jpeg_quality must be [lo, hi] with 1 ≤ lo ≤ hi ≤ 100")
         if not 0.0 < self.render_error_8bit <= 8.0:
             problems.append("render_error_8bit must be within (0, 8]")
         if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
