@@ -111,7 +111,7 @@ class VideoFileSource(Source):
 
     def __init__(self, path: Path) -> None:
         super().__init__(str(path))
-        self.cap = cv2.VideoCapture(str(path))
+        self.cap = open_capture(str(path), cv2.CAP_ANY)
         if not self.cap.isOpened():
             raise HdmeError(f"{path}: not a readable video (corrupt, truncated before its header, or an unsupported codec)")
         fps = self.cap.get(cv2.CAP_PROP_FPS)
@@ -146,6 +146,7 @@ class LiveSource(Source):
     doubling up to ``max_backoff``); gives up after ``max_reconnects`` attempts in a row (None: never)."""
 
     live = True
+    close_timeout = 5.0  # s that close() waits for the capture thread; a slower open still ends with a release
 
     def __init__(self, opener: Callable[[], object | None], description: str,
                  on_message: Callable[[str], None] = print, backoff: float = 0.5, max_backoff: float = 8.0,
@@ -204,6 +205,11 @@ class LiveSource(Source):
         except Exception as exc:  # a capture library failing must end the source, not hang its reader
             self.on_message(f"{self.description}: capture failed ({exc})")
         finally:
+            # This thread owns the capture: an open still in progress when close() gave up waiting
+            # ends here too, and a device is never released while another thread reads it.
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
@@ -245,38 +251,41 @@ class LiveSource(Source):
         if self._stop.is_set():
             return
         self._stop.set()
-        self._thread.join(timeout=5)
-        if not self._thread.is_alive() and self._cap is not None:
-            self._cap.release()
+        self._thread.join(timeout=self.close_timeout)
         with self._cond:
             self._ended = True
             self._cond.notify_all()
 
 
-_ffmpeg_options_lock = threading.Lock()
+_capture_open_lock = threading.Lock()
+
+
+def open_capture(target, api: int, ffmpeg_options: str | None = None) -> cv2.VideoCapture:
+    """Every capture hdme opens goes through here. ``ffmpeg_options``: FFmpeg's options for this
+    capture only. OpenCV reads them from the environment when a capture opens, so they are set just
+    for that moment (unless the user set their own), and no other capture opens meanwhile: a video
+    file opened in another thread would take a stream's low-delay flags and lose frames."""
+    with _capture_open_lock:
+        own = ffmpeg_options is not None and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
+        if own:
+            os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options
+        try:
+            return cv2.VideoCapture(target, api)
+        finally:
+            if own:
+                del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
 
 
 def _cv_opener(target, api: int, ffmpeg_options: str | None = None) -> Callable[[], object | None]:
-    """``ffmpeg_options``: FFmpeg's options for this capture only. OpenCV reads them from the
-    environment when a capture opens, so they are set just for that moment (unless the user set
-    their own): left in place, they would also apply to every video file opened later."""
-    def open_capture():
-        with _ffmpeg_options_lock:
-            own = ffmpeg_options is not None and "OPENCV_FFMPEG_CAPTURE_OPTIONS" not in os.environ
-            if own:
-                os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = ffmpeg_options
-            try:
-                cap = cv2.VideoCapture(target, api)
-            finally:
-                if own:
-                    del os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"]
+    def open_live_capture():
+        cap = open_capture(target, api, ffmpeg_options)
         if not cap.isOpened():
             cap.release()
             return None
         cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # where the backend honours it: no stale frames queued
         return cap
 
-    return open_capture
+    return open_live_capture
 
 
 def gstreamer_pipeline(spec: str) -> str:

@@ -165,7 +165,8 @@ def frame_number(frame) -> int:
 
 def test_live_source_keeps_only_the_latest_frame():
     counter = [0]
-    source = LiveSource(lambda: FakeCamera(counter), "fake camera", on_message=lambda m: None)
+    camera = FakeCamera(counter)
+    source = LiveSource(lambda: camera, "fake camera", on_message=lambda m: None)
     try:
         gaps = []
         for _ in range(5):
@@ -176,6 +177,32 @@ def test_live_source_keeps_only_the_latest_frame():
         assert source.dropped >= 20
     finally:
         source.close()
+    assert camera.released
+
+
+def test_live_source_releases_a_capture_that_opens_after_close_gave_up_waiting():
+    counter, cameras = [0], []
+    opening, may_open = threading.Event(), threading.Event()
+
+    def opener():  # a stream server that answers only after close() has stopped waiting for it
+        if not opening.is_set():
+            opening.set()
+            return None
+        may_open.wait(5)
+        cameras.append(FakeCamera(counter))
+        return cameras[-1]
+
+    source = LiveSource(opener, "slow stream", on_message=lambda m: None, backoff=0.01)
+    source.close_timeout = 0.05
+    deadline = time.perf_counter() + 5
+    while not source._thread.is_alive() and time.perf_counter() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.05)  # the capture thread now waits inside the second open
+    source.close()
+    assert source.read() is None  # close() returned: the source has ended for its reader
+    may_open.set()
+    source._thread.join(5)
+    assert not source._thread.is_alive() and len(cameras) == 1 and cameras[0].released
 
 
 def test_live_source_reconnects_with_back_off():
