@@ -116,6 +116,21 @@ def test_weight_average_is_exported_and_leaves_training_alone(tmp_path):
         train(TrainConfig(out=str(tmp_path / "bad"), steps=1, ema_decay=1.0, **TINY))
 
 
+def test_mixed_precision_on_the_cpu_trains_in_bf16_and_exports_fp32(tmp_path, capsys):
+    plain, mixed = tmp_path / "plain", tmp_path / "mixed"
+    train(TrainConfig(out=str(plain), steps=12, lr=3e-3, **TINY))
+    assert "² px, fp32" in capsys.readouterr().out
+    result = train(TrainConfig(out=str(mixed), steps=12, lr=3e-3, amp=True, **TINY))
+    assert "² px, bfloat16 autocast" in capsys.readouterr().out
+    weights, reference = load_file(mixed / "final.safetensors"), load_file(plain / "final.safetensors")
+    assert all(w.dtype == reference[k].dtype and torch.isfinite(w).all() for k, w in weights.items())
+    # the same run in another arithmetic: close to the fp32 one, not identical to it
+    assert any(not torch.equal(weights[k], reference[k]) for k in weights if weights[k].is_floating_point())
+    losses, reference_losses = _losses(mixed), _losses(plain)
+    assert abs(sum(losses) - sum(reference_losses)) < 0.1 * sum(reference_losses)
+    assert result.card["train"]["amp"] is True
+
+
 def test_time_budget_stops_cleanly(tmp_path):
     run = tmp_path / "run"
     result = train(TrainConfig(out=str(run), steps=80000, max_minutes=0.0, **TINY))

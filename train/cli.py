@@ -72,7 +72,7 @@ def train_command(
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", show_default=_default("ckpt_every"), help="Checkpoint every K steps."),
     ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", show_default=_default("ckpt_minutes"), help="Also checkpoint after M minutes of wall time since the last one."),
     seed: Optional[int] = typer.Option(None, "--seed", show_default=_default("seed"), help="Seed of the initial weights, the synthetic stream and the batch order."),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision (bf16, else fp16) on CUDA; default on there."),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision: bf16 (else fp16) on CUDA, default on there; bf16 on the CPU, faster where it has AVX512-BF16 or AMX."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model."),
     workers: Optional[int] = typer.Option(None, "--workers", show_default=_default("workers"), help="Processes drawing the synthetic stream's scenes ahead of the steps (rendering runs on the training device) or loading --data; 0 draws in the training process."),
     max_minutes: Optional[float] = typer.Option(None, "--max-minutes", show_default=_default("max_minutes"), help="Stop cleanly (checkpoint + export) after this wall time."),

@@ -32,8 +32,8 @@ class TrainConfig:
     huber_delta: float = 0.05  # on σ/10, i.e. 0.5 px
     grad_clip: float = 1.0  # max gradient norm; 0 = off
     ema_decay: float = 0.0  # > 0: validate and export an exponential moving average of the weights
-    amp: bool | None = None  # None = on where CUDA is used
-    channels_last: bool | None = None  # None = on where CUDA is used
+    amp: bool | None = None  # None = on where CUDA is used; on the CPU, bf16 autocast
+    channels_last: bool | None = None  # None = on with CUDA or amp
     compile: bool = False
     workers: int = 2  # processes drawing the synthetic stream (rendered on the training device), or loading --data
     seed: int = 0
