@@ -107,6 +107,11 @@ RECIPES["hdme-range"] = dataclasses.replace(
     psf={"gaussian": 0.3, "disc": 0.25, "mixture": 0.15, "pentagon": 0.1, "octagon": 0.1, "dimrim": 0.1},
 )
 
+# `hdme-range`'s content with `hdme`'s σ prior: telling what the new scenes, apertures and codecs
+# do away from the mix from what the prior does at small σ (where `hdme-range` loses).
+RECIPES["hdme-broad"] = dataclasses.replace(
+    RECIPES["hdme-range"], name="hdme-broad", sigma=dict(RECIPES["hdme"].sigma))
+
 
 def recipe_from_dict(data: dict, name: str):
     section = data.get("data", data)
