@@ -43,7 +43,7 @@ def quantize_command(
     onnx_file: Path = typer.Argument(..., help="FP32 .onnx written by 'hdme export onnx'."),
     precision: str = typer.Option(..., "--precision", help="fp16 or int8."),
     calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for INT8 (default: calib_data/ of the source tree)."),
-    method: str = typer.Option("max", "--method", help="INT8 calibration: max, entropy or percentile."),
+    method: Optional[str] = typer.Option(None, "--method", help="INT8 calibration: max, entropy or percentile (default: percentile for --target tensorrt, max for cpu)."),
     backend: str = typer.Option("auto", "--backend", help="auto (ModelOpt when installed), modelopt or ort."),
     target: str = typer.Option("tensorrt", "--target", help="INT8 layout: tensorrt (symmetric Q/DQ) or cpu (U8S8 for ONNX Runtime)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
@@ -93,7 +93,7 @@ def quantize_command(
                 onnx_file, out, calib_set, method=method, target=target, backend=backend,
                 exclude=exclude, keep_head=keep_head, progress=lambda: progress.advance(task),
             )
-        settings = {"precision": "int8", "target": target, "method": method, "backend": used,
+        settings = {"precision": "int8", "target": target, "method": q.calibration_method(method, target, backend), "backend": used,
                     "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
     _report_accuracy(onnx_file, out, settings, heldout)

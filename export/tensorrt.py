@@ -3,7 +3,7 @@
 Strongly typed builds take the precision from the ONNX graph (FP16 from AutoCast or
 onnxconverter-common, INT8 from explicit Q/DQ); that is the only path on TensorRT 11. On
 TensorRT 10 an FP32 ONNX may also be built with the FP16/INT8 builder flags, INT8 then calibrated
-by an IInt8EntropyCalibrator2 over calib_data/. tensorrt itself is imported only inside
+by an IInt8MinMaxCalibrator over calib_data/. tensorrt itself is imported only inside
 ``build_engine``: profiles, sidecars and calibration caches work without it.
 """
 
@@ -236,7 +236,7 @@ def build_engine(
     if mode == "flags":
         config.set_flag(trt.BuilderFlag.FP16)
         if kind == "int8":
-            from hdme.export.trt_calibrator import EntropyCalibrator
+            from hdme.export.trt_calibrator import MinMaxCalibrator
 
             config.set_flag(trt.BuilderFlag.INT8)
             # The calibrator feeds batches of one fixed shape: calibrate on a profile of that shape.
@@ -244,7 +244,7 @@ def build_engine(
             calib_profile.set_shape(input_name, calib_shape, calib_shape, calib_shape)
             config.set_calibration_profile(calib_profile)
             cache_path = Path(calib_cache) if calib_cache else out.with_name(out.name + ".calib")
-            config.int8_calibrator = EntropyCalibrator(calib, calib_shape[0], cache_path)
+            config.int8_calibrator = MinMaxCalibrator(calib, calib_shape[0], cache_path)
 
     cache_bytes = Path(timing_cache).read_bytes() if timing_cache and Path(timing_cache).is_file() else b""
     if not config.set_timing_cache(config.create_timing_cache(cache_bytes), ignore_mismatch=False):

@@ -122,9 +122,9 @@ def test_tensorrt_refuses_the_cpu_int8_layout_before_building(quantized, tmp_pat
 
 
 def test_calibration_methods_give_different_ranges(quantized, tmp_path):
-    from hdme.export.quantize import quantize_int8
+    from hdme.export.quantize import calibration_method, quantize_int8
 
-    fp32, _, calib = quantized
+    fp32, paths, calib = quantized
 
     def scales(path):
         return {k: float(v) for k, v in _scales(path).items() if v.size == 1}
@@ -138,6 +138,11 @@ def test_calibration_methods_give_different_ranges(quantized, tmp_path):
     # The histogram methods clip outliers: no range wider than max's, and some strictly narrower.
     assert all(by_percentile[k] <= by_max[k] * (1 + 1e-3) for k in by_max)
     assert any(by_percentile[k] < by_max[k] * 0.99 for k in by_max)
+    # Unasked, TensorRT's symmetric layout is calibrated by percentile (the fixture's file), the CPU
+    # layout by max, and ModelOpt, which has no percentile, by max.
+    assert scales(paths["int8"]) == by_percentile
+    assert [calibration_method(None, "cpu"), calibration_method(None, "tensorrt", "modelopt"),
+            calibration_method("entropy", "tensorrt")] == ["max", "max", "entropy"]
 
 
 def _scales(path):

@@ -200,12 +200,14 @@ def test_build_fp32_engine_and_sidecar(tmp_path, tiny_export):
 
 
 @needs_tensorrt_10
-def test_entropy_calibrator_feeds_batches_and_caches(tmp_path):
-    from hdme.export.trt_calibrator import EntropyCalibrator
+def test_calibrator_feeds_batches_and_caches(tmp_path):
+    from hdme.export.calibration import write_calibration_cache
+    from hdme.export.trt_calibrator import MinMaxCalibrator
 
     folder = _write_images(tmp_path / "calib", [(32, 32)] * 4)
     calib = CalibrationSet(folder, size=(32, 32))
-    calibrator = EntropyCalibrator(calib, 2, tmp_path / "c.calib")
+    write_calibration_cache(tmp_path / "c.calib", b"entropy table", calib.sha256)  # an earlier release's
+    calibrator = MinMaxCalibrator(calib, 2, tmp_path / "c.calib")
     assert calibrator.get_batch_size() == 2
     assert calibrator.get_batch(["image"]) and calibrator.get_batch(["image"])
     assert calibrator.get_batch(["image"]) is None
