@@ -65,12 +65,13 @@ class Method:
     precision: str
     build: Callable[[], SigmaPredictor]
     tta: str = "none"
+    extend_range: bool = False
 
     @property
     def label(self) -> str:
         if self.method == "zhuo-sim":
             return "Zhuo–Sim (2011)"
-        views = "" if self.tta == "none" else f" · {self.tta}"
+        views = ("" if self.tta == "none" else f" · {self.tta}") + (" · extended range" if self.extend_range else "")
         return f"{Path(self.model).name if self.model else 'default'} · {self.backend} · {self.precision}{views}"
 
 
@@ -85,9 +86,11 @@ def methods_for(
     max_side: int | None = None,
     ttas: Iterable[str] = (),
     precisions: Iterable[str] = (),
+    extend_range: bool = False,
 ) -> list[Method]:
     """The rows to evaluate: each model × backend × precision × test-time augmentation for ``hdme``
-    (precision: the model's own where none is given), one row for ``zhuo-sim``."""
+    (precision: the model's own where none is given), one row for ``zhuo-sim``. ``extend_range``:
+    the ``hdme`` rows also estimate at 1/2 and 1/4 scale and merge, as ``DefocusPredictor`` does."""
     from hdme.runtime.predict import DEFAULT_TTA, check_tta
 
     out: list[Method] = []
@@ -103,18 +106,19 @@ def methods_for(
                     for precision in list(dict.fromkeys(precisions)) or [None]:
                         for tta in ttas:
                             out.append(Method("hdme", model, backend, precision or OWN_PRECISION,
-                                              _builder("hdme", model, backend, max_side, tta, precision), tta))
+                                              _builder("hdme", model, backend, max_side, tta, precision, extend_range),
+                                              tta, extend_range))
         else:
             raise HdmeError(f"unknown method '{method}' (choose hdme or zhuo-sim)")
     return out
 
 
 def _builder(method: str, model: str | None, backend: str, max_side: int | None, tta: str | None = None,
-             precision: str | None = None) -> Callable[[], SigmaPredictor]:
+             precision: str | None = None, extend_range: bool = False) -> Callable[[], SigmaPredictor]:
     def build() -> SigmaPredictor:
         from hdme.runtime.classic import predictor_for
 
-        return predictor_for(method, model, backend, max_side, tta=tta, precision=precision)
+        return predictor_for(method, model, backend, max_side, tta=tta, precision=precision, extend_range=extend_range)
 
     return build
 
@@ -275,6 +279,7 @@ def run_accuracy(
                 "backend": method.backend,
                 "precision": method.precision,
                 "tta": method.tta,
+                "extend_range": method.extend_range,
                 "datasets": {},
             }
             for d in datasets:
@@ -457,6 +462,7 @@ def bench_accuracy(
     max_side: int | None,
     ttas: list[str] = (),
     precisions: list[str] = (),
+    extend_range: bool = False,
 ) -> dict:
     """``hdme bench accuracy``: evaluate, print the table, write the JSON and Markdown files."""
     from rich.console import Console
@@ -464,7 +470,7 @@ def bench_accuracy(
     from hdme.io import write_json, write_text
 
     console = Console(stderr=True)
-    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions)
+    rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions, extend_range)
     results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow", markup=False))
     if not results["runs"]:
         raise HdmeError("nothing was evaluated: no dataset or no model could be loaded (see the lines above)")

@@ -265,10 +265,11 @@ class ZhuoSimPredictor:
 
 
 def predictor_for(method: str = "auto", model: str | None = None, backend: str = "auto", max_side: int | None = None,
-                  report=print, tta: str | None = None, precision: str | None = None):
+                  report=print, tta: str | None = None, precision: str | None = None, extend_range: bool = False):
     """A σ predictor for a method name: ``hdme`` (a model through the runtime), ``zhuo-sim``, or
     ``auto`` — the model when one is given or shipped, else this baseline (said in one line).
-    ``tta``: the network's mirrored views (``DefocusPredictor``'s default when None)."""
+    ``tta``: the network's mirrored views (``DefocusPredictor``'s default when None);
+    ``extend_range``: the network's estimate merged with 1/2- and 1/4-scale ones (``DefocusPredictor``)."""
     if method == "zhuo-sim":
         return ZhuoSimPredictor(max_side=max_side)
     if method not in ("auto", "hdme"):
@@ -283,4 +284,4 @@ def predictor_for(method: str = "auto", model: str | None = None, backend: str =
             return ZhuoSimPredictor(max_side=max_side)
     from hdme.runtime.predict import DefocusPredictor
 
-    return DefocusPredictor(model, backend=backend, max_side=max_side, tta=tta, precision=precision)
+    return DefocusPredictor(model, backend=backend, max_side=max_side, tta=tta, precision=precision, extend_range=extend_range)

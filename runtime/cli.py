@@ -292,12 +292,13 @@ def bench_accuracy_command(
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
     ttas: Optional[List[str]] = typer.Option(None, "--tta", help=TTA_HELP + " Repeatable (default: flip, as hdme predict)."),
     precisions: Optional[List[str]] = typer.Option(None, "--precision", help="fp32 | fp16 | bf16 | int8; repeatable (default: each model's own)."),
+    extend_range: bool = typer.Option(False, "--extend-range", help="Evaluate the hdme rows as hdme predict --extend-range does (1/2 and 1/4 scale merged in)."),
 ) -> None:
     """Accuracy of models × backends × precisions and the Zhuo–Sim baseline, in one table."""
     from hdme.runtime.accuracy import bench_accuracy
 
     bench_accuracy(datasets or [], [*(models or []), *map(str, engines or [])], backends or [], methods or [],
-                   json_path, markdown_path, max_side, ttas or [], precisions or [])
+                   json_path, markdown_path, max_side, ttas or [], precisions or [], extend_range)
 
 
 SYNTH_COLUMNS = [

@@ -228,3 +228,14 @@ def _present(spec: str) -> bool:
         return True
     except HdmeError:
         return False
+
+
+def test_extended_range_rows_predict_as_hdme_predict_does():
+    from hdme.runtime.predict import DefocusPredictor
+
+    plain, extended = (methods_for([None], ["onnxruntime"], ["hdme"], ttas=["none"], extend_range=e)[0] for e in (False, True))
+    assert not plain.extend_range and extended.label == "default · onnxruntime · own · extended range"
+    board = ((np.indices((128, 128)).sum(axis=0) // 16) % 2 * 200 + 25).astype(np.uint8)
+    image = np.repeat(cv2.GaussianBlur(board, (0, 0), 12.0)[..., None], 3, axis=2)
+    want = DefocusPredictor(None, backend="onnxruntime", tta="none", extend_range=True).predict(image)
+    np.testing.assert_array_equal(extended.build().predict(image), want)
