@@ -87,13 +87,14 @@ def quantize_command(
         from rich.console import Console
         from rich.progress import Progress
 
+        method = q.calibration_method(method, target, backend)
         with Progress(console=Console(stderr=True), transient=True) as progress:
             task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
             used = q.quantize_int8(
                 onnx_file, out, calib_set, method=method, target=target, backend=backend,
                 exclude=exclude, keep_head=keep_head, progress=lambda: progress.advance(task),
             )
-        settings = {"precision": "int8", "target": target, "method": q.calibration_method(method, target, backend), "backend": used,
+        settings = {"precision": "int8", "target": target, "method": method, "backend": used,
                     "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
     _report_accuracy(onnx_file, out, settings, heldout)

@@ -25,7 +25,8 @@ import torch
 
 from hdme.errors import HdmeError
 from hdme.train.synth.noise import jpeg, jpeg_quality_problem
-from hdme.train.synth.render import psf_weights_problem, render_defocus
+from hdme.train.synth.recipe import weights_problem
+from hdme.train.synth.render import PSF_SHAPES, render_defocus
 from hdme.train.synth.scenes import _octave_noise, _shape_mask, _sharp_photo
 from hdme.train.synth.stream import choose
 from hdme.train.synth.maps import synthetic_inverse_depth
@@ -49,7 +50,7 @@ class AwayRecipe:
         problems = []
         if self.scene not in SCENES:
             problems.append(f"scene must be one of {SCENES}")
-        problems += filter(None, (psf_weights_problem(self.psf), jpeg_quality_problem(self.jpeg_quality)))
+        problems += filter(None, (weights_problem("psf", self.psf, PSF_SHAPES), jpeg_quality_problem(self.jpeg_quality)))
         if self.noise not in NOISES:
             problems.append(f"noise must be one of {NOISES}")
         if not 0.0 < self.sigma_max <= 64.0:

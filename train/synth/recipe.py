@@ -14,10 +14,18 @@ from pathlib import Path
 from hdme.errors import HdmeError
 from hdme.train.synth.maps import MAP_KINDS, SigmaDistribution
 from hdme.train.synth.noise import NOISE_MODELS, jpeg_quality_problem
-from hdme.train.synth.render import psf_weights_problem
+from hdme.train.synth.render import PSF_SHAPES
 from hdme.train.synth.shuffle import SHUFFLE_MODES
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def weights_problem(field: str, weights, known: tuple[str, ...]) -> str | None:
+    """Why ``weights`` is not a draw over ``known`` names ({name: weight ≥ 0}, some positive), or None."""
+    if (not isinstance(weights, dict) or not weights or any(k not in known for k in weights)
+            or any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
+        return f"{field} must weight some of {known}"
+    return None
 
 
 @dataclass
@@ -43,9 +51,8 @@ class SynthRecipe:
         problems = []
         if self.shuffle not in (*SHUFFLE_MODES, "none"):
             problems.append(f"shuffle must be one of {(*SHUFFLE_MODES, 'none')}")
-        if not self.maps or any(k not in MAP_KINDS or w < 0 for k, w in self.maps.items()) or sum(self.maps.values()) <= 0:
-            problems.append(f"maps must weight some of {MAP_KINDS}")
-        problems += filter(None, (psf_weights_problem(self.psf), jpeg_quality_problem(self.jpeg_quality)))
+        problems += filter(None, (weights_problem("maps", self.maps, MAP_KINDS), weights_problem("psf", self.psf, PSF_SHAPES),
+                                  jpeg_quality_problem(self.jpeg_quality)))
         if self.noise not in NOISE_MODELS:
             problems.append(f"noise must be one of {NOISE_MODELS}")
         for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "noise_probability",

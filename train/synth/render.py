@@ -38,14 +38,6 @@ _PROFILES = {"ring": (0.25, 1.0), "dimrim": (1.0, 0.3)}
 _APERTURE_MIN_SIGMA = 1.0  # px: smaller iris and profiled PSFs are an impulse mixed with this one
 
 
-def psf_weights_problem(weights) -> str | None:
-    """Why ``weights`` is not a draw over PSF shapes ({shape: weight ≥ 0}, some positive), or None."""
-    if (not isinstance(weights, dict) or not weights or any(k not in PSF_SHAPES for k in weights)
-            or any(not isinstance(w, (int, float)) or w < 0 for w in weights.values()) or sum(weights.values()) <= 0):
-        return f"psf must weight some of {PSF_SHAPES}"
-    return None
-
-
 def gaussian_radius(sigma: float) -> int:
     """Half-width of OpenCV's Gaussian kernel for float images: ksize = round(8σ + 1) | 1."""
     return (int(round(sigma * 8 + 1)) | 1) // 2
