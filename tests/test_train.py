@@ -189,6 +189,11 @@ def test_init_and_bad_options(tmp_path):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "away-leaves"}))
     with pytest.raises(HdmeError, match="val_count must be positive"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "val_count": 0}))
+    # a config file's render side with a larger crop flag: one line, before anything is drawn
+    with pytest.raises(HdmeError, match="synth_size 40 is smaller than the crop size 64"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "size": 64, "synth_size": 40}))
+    with pytest.raises(HdmeError, match="echo and pool"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "echo": 0}))
 
 
 def _ddp_worker(rank, world, port, out, weights_dir):

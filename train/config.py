@@ -80,3 +80,8 @@ class TrainConfig:
         for name in ("batch", "size", "val_every", "val_count", "ckpt_every", "log_every", "ckpt_minutes"):
             if getattr(self, name) <= 0:
                 raise HdmeError(f"{name} must be positive")
+        if self.echo < 1 or self.pool < 1 or self.workers < 0:
+            raise HdmeError("echo and pool must be at least 1, workers at least 0")
+        if self.synth_size is not None and self.synth_size < self.size:
+            raise HdmeError(f"synth_size {self.synth_size} is smaller than the crop size {self.size} "
+                            "(crops are cut from the rendered samples)")
