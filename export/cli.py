@@ -9,6 +9,7 @@ from typing import List, Optional
 
 import typer
 
+from hdme.console import make_console
 from hdme.export.tensorrt import DEFAULT_SHAPES
 from hdme.weights import DEFAULT_MODEL
 
@@ -84,11 +85,10 @@ def quantize_command(
         used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
         settings = {"precision": "fp16", "backend": used}
     else:
-        from rich.console import Console
         from rich.progress import Progress
 
         method = q.calibration_method(method, target, backend)
-        with Progress(console=Console(stderr=True), transient=True) as progress:
+        with Progress(console=make_console(stderr=True), transient=True) as progress:
             task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
             used = q.quantize_int8(
                 onnx_file, out, calib_set, method=method, target=target, backend=backend,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hdme.console import make_console
 from hdme.errors import HdmeError
 from hdme.evaluation import BIN_TABLE_HEADERS, EvalSet, bin_table_rows, evaluate, load_eval_set, parse_synthetic, split_limit
 
@@ -69,10 +70,9 @@ def accuracy_table(reference: str | os.PathLike, candidates: dict[str, str | os.
 
 
 def print_accuracy_table(rows: list[dict], eval_set: EvalSet) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = make_console()
     table = Table(title=f"accuracy against FP32 on held-out data ({describe(eval_set)})")
     for col in ("model", "MAE σ/10", "ΔMAE", "δ1", "mean |Δ| px", "max |Δ| px"):
         table.add_column(col, justify="left" if col == "model" else "right")

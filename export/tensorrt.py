@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from hdme.console import make_console
 from hdme.errors import HdmeError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -173,8 +174,6 @@ def build_engine(
     calib_cache: str | os.PathLike | None = None,
 ) -> dict:
     """Build ``out`` from ``onnx_path`` and write its sidecar; returns the sidecar contents."""
-    from rich.console import Console
-
     from hdme import __version__
     from hdme.errors import require
     from hdme.export.onnx import input_dims, load_onnx, metadata, network_multiple
@@ -182,7 +181,7 @@ def build_engine(
     from hdme.sidecar import file_sha256, write_sidecar
     from hdme.io import atomic_path, write_bytes
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     onnx_path, out = Path(onnx_path), Path(out)
     model = load_onnx(onnx_path)
     if out.suffix not in (".engine", ".plan"):

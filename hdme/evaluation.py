@@ -80,10 +80,13 @@ class EvalSet:
 def split_limit(spec: str) -> tuple[str, int | None]:
     """``NAME:N`` → (NAME, N); a path that exists with a colon in its name is left whole."""
     name, sep, count = spec.rpartition(":")
-    if sep and count.isdigit() and not Path(spec).exists():
-        if int(count) < 1:
-            raise HdmeError(f"dataset '{spec}': the count after ':' must be at least 1")
-        return name, int(count)
+    if sep and not Path(spec).exists():
+        if count.isdigit():
+            if int(count) < 1:
+                raise HdmeError(f"dataset '{spec}': the count after ':' must be at least 1")
+            return name, int(count)
+        if name in (*REAL_DATASETS, *SYNTHETIC_SETS):
+            raise HdmeError(f"dataset '{spec}': the count after ':' must be a whole number")
     return spec, None
 
 
@@ -138,6 +141,8 @@ def load_eval_set(spec: str) -> EvalSet:
         path = path / "test"
         note = f"test split of {name}"
         name = str(path)
+    if name not in REAL_DATASETS and not path.is_dir():
+        raise HdmeError(f"dataset '{spec}': not one of {', '.join((*REAL_DATASETS, *SYNTHETIC_SETS))} and not a folder")
     samples = load_dataset(name, limit=limit)
     if name == "rtf":
         protocol = "rtf"

@@ -30,6 +30,7 @@ import cv2
 import numpy as np
 
 from hdme import __version__
+from hdme.console import make_console
 from hdme.datasets import Sample
 from hdme.errors import HdmeError
 from hdme.evaluation import BIN_TABLE_HEADERS, EvalSet, SigmaPredictor, bin_table_rows, load_eval_set
@@ -425,7 +426,6 @@ def render_markdown(results: dict) -> str:
 
 
 def print_table(results: dict, console=None) -> None:
-    from rich.console import Console
     from rich.table import Table
 
     cols = table_columns(results)
@@ -437,7 +437,7 @@ def print_table(results: dict, console=None) -> None:
         table.add_row(*row)
     # A wide table is more useful overflowing a narrow terminal than with its numbers cut to "…".
     needed = sum(max(len(h), *(len(r[i]) for r in rows)) + 3 for i, (_, h) in enumerate(cols)) + 1
-    console = console or Console()
+    console = console or make_console()
     console.width = max(console.width, needed)
     console.print(table)
     for name, bin_rows in sigma_bin_tables(results).items():
@@ -465,16 +465,14 @@ def bench_accuracy(
     extend_range: bool = False,
 ) -> dict:
     """``hdme bench accuracy``: evaluate, print the table, write the JSON and Markdown files."""
-    from rich.console import Console
-
     from hdme.io import write_json, write_text
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions, extend_range)
     results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow", markup=False))
     if not results["runs"]:
         raise HdmeError("nothing was evaluated: no dataset or no model could be loaded (see the lines above)")
-    print_table(results, Console())
+    print_table(results, make_console())
     if json_path:
         write_json(json_path, results)
         console.print(f"results: {json_path}")

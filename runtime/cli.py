@@ -26,12 +26,9 @@ TTA_HELP = "σ averaged over mirrored views: none (1 pass) | flip (left-right, 2
 
 
 def _console(stderr: bool = False):
-    from rich.console import Console
+    from hdme.console import make_console
 
-    console = Console(stderr=stderr, highlight=False)
-    if not console.is_terminal:  # piped into a log: do not squeeze tables into 80 columns
-        console.width = max(console.width, 200)
-    return console
+    return make_console(stderr)
 
 
 def _backend_options(backend: str, provider: Optional[str], threads: int) -> dict:

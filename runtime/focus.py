@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hdme.console import make_console
 from hdme.errors import HdmeError
 
 POINT_RADIUS = 2  # px: a point's σ is the median over a (2r+1)² window, robust to a stray pixel
@@ -172,7 +173,6 @@ def plot_sweep(result: dict, frame_names: list[str], path: str | os.PathLike) ->
 def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, method: str, model: str | None,
                         backend: str, plot: Path | None, json_path: Path | None) -> dict:
     """``hdme focus-sweep``: read the frames, run the sweep, print, plot, write JSON."""
-    from rich.console import Console
     from rich.progress import track
     from rich.table import Table
 
@@ -180,7 +180,7 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
     from hdme.io import write_json
     from hdme.runtime.classic import predictor_for
 
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     targets = parse_targets(points, regions)
     paths = expand_inputs(frames)
     if len(paths) < 3:
@@ -194,7 +194,7 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
         table.add_column(col)
     for t in result["targets"]:
         table.add_row(t["target"], paths[t["focus_frame"]].name, f"{t['focus_position']:.2f}", f"{t['min_sigma']:.2f}", "yes" if t["unimodal"] else "NO")
-    Console().print(table)
+    make_console().print(table)
     for t in result["targets"]:
         if not t["unimodal"]:
             console.print(f"warning: σ at {t['target']} is not unimodal over the sweep (moved, occluded, or unreliable there)", style="yellow", markup=False)
@@ -277,12 +277,11 @@ def _load_sigma_or_predict(path: Path, method: str, model: str | None, backend: 
 
 def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend: str, points: str | None, out: Path | None) -> dict:
     """``hdme depth``: σ map (given, or predicted from an image) → near and far distance maps."""
-    from rich.console import Console
     from rich.table import Table
 
     if out is not None and out.suffix.lower() != ".npz":
         raise HdmeError(f"{out}: depth maps are written as .npz (arrays near_m, far_m, sigma_px)")
-    console = Console(stderr=True)
+    console = make_console(stderr=True)
     sigma = _load_sigma_or_predict(source, method, model, backend, lambda line: console.print(line, style="yellow", markup=False))
     near, far = distances_from_sigma(sigma, lens)
     infinity_sigma = float(sigma_at_distance(np.array([np.inf]), lens)[0])
@@ -298,7 +297,7 @@ def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend:
     add("image median", float(np.median(sigma)))
     for t in targets:
         add(t.label, float(sample_sigma(sigma, [t])[0]))
-    Console().print(table)
+    make_console().print(table)
     console.print(
         f"One σ gives two distances: a point nearer than {lens.focus_m} m and one farther blur alike (near/far ambiguity); "
         f"σ is the PSF's second-moment σ, the blur-circle radius is 2σ. A point at infinity blurs to σ = {infinity_sigma:.3f} px; "

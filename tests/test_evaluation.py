@@ -75,6 +75,17 @@ def test_specs_name_their_sets():
     for bad in ("synthetic:4,colour=red", "synthetic:4,size=big", "synthetic:4,size=8"):
         with pytest.raises(HdmeError):
             parse_synthetic(bad)
+    with pytest.raises(HdmeError, match="the count after ':' must be a whole number"):
+        load_eval_set("away-leaves:abc")
+    with pytest.raises(HdmeError, match="not one of rtf, cuhk, dut, synthetic, away-leaves, away-dof, away-large and not a folder"):
+        load_eval_set("leaves")
+
+
+def test_skipped_specs_print_as_given(tmp_path):
+    # rich would print ':abc:' of a spec as an emoji
+    result = CliRunner().invoke(app, ["bench", "accuracy", "--dataset", "away-leaves:abc:", "--method", "zhuo-sim"])
+    assert isinstance(result.exception, HdmeError)
+    assert "skipping dataset away-leaves:abc:" in result.output
 
 
 def test_equalised_depth_makes_thin_lens_sigma_even():

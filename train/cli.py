@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from hdme.console import make_console
 from hdme.errors import HdmeError
 from hdme.train.config import TrainConfig
 
@@ -142,7 +143,6 @@ def data_make(
 @data_app.command("sharpness")
 def data_sharpness(folders: list[Path] = typer.Argument(..., help="Folders of images or `hdme data make` outputs.")) -> None:
     """Laplacian-variance table (min, max, mean, std; before/after shuffle where recorded)."""
-    from rich.console import Console
     from rich.table import Table
 
     from hdme.errors import require
@@ -155,7 +155,7 @@ def data_sharpness(folders: list[Path] = typer.Argument(..., help="Folders of im
         table.add_column(column, justify="left" if column == "images" else "right")
     for label, s in sharpness_rows(folders):
         table.add_row(label, str(s["count"]), *(f"{s[k]:.1f}" for k in ("min", "max", "mean", "std")))
-    Console().print(table)
+    make_console().print(table)
 
 
 def register(app: typer.Typer) -> None:
