@@ -195,6 +195,11 @@ def run_command(
         raise
     finally:
         engine_.close()
+    if stats.frames == 0 and not stats.interrupted:
+        if server is not None:
+            server.close()
+        unreadable = f" ({stats.corrupt} unreadable)" if stats.corrupt else ""
+        raise HdmeError(f"{src.description}: no frame could be read{unreadable}")
     _print_run_summary(console, stats)
     if save_video is not None and stats.frames:
         typer.echo(f"video: {save_video}")

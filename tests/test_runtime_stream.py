@@ -352,6 +352,11 @@ def test_run_bad_source_and_bad_sink_are_one_line(onnx_path, tmp_path):
     result = CliRunner().invoke(app, ["run", str(video), "--model", str(onnx_path), "--save-video", str(tmp_path / "o.gifv")])
     assert isinstance(result.exception, HdmeError) and "videos are written as" in str(result.exception)
     assert threading.active_count() < 10
+    bad_image = tmp_path / "bad.jpg"
+    bad_image.write_bytes(b"not a jpeg")
+    result = CliRunner().invoke(app, ["run", str(bad_image), "--model", str(onnx_path)])
+    assert isinstance(result.exception, HdmeError), result.output
+    assert str(result.exception) == f"{bad_image}: no frame could be read (1 unreadable)"
 
 
 def test_display_without_a_desktop_is_one_line(monkeypatch):
