@@ -221,9 +221,10 @@ class Lens:
     focus_m: float
 
     def __post_init__(self) -> None:
-        for name, value in (("--focal-mm", self.focal_mm), ("--f-number", self.f_number), ("--pixel-um", self.pixel_um), ("--focus-m", self.focus_m)):
+        for name, value in (("focal length (mm)", self.focal_mm), ("f-number", self.f_number),
+                            ("pixel pitch (µm)", self.pixel_um), ("focus distance (m)", self.focus_m)):
             if not np.isfinite(value) or value <= 0:
-                raise HdmeError(f"{name} must be a positive number, got {value}")
+                raise HdmeError(f"the {name} must be a positive number, got {value}")
         if self.focus_m * 1000.0 <= self.focal_mm:
             raise HdmeError(f"the focus distance ({self.focus_m} m) must exceed the focal length ({self.focal_mm} mm)")
 

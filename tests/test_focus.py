@@ -98,8 +98,10 @@ def test_thin_lens_by_hand_and_round_trip():
     beyond = sigma_at_distance(np.array([np.inf]), lens)[0] * 1.01
     n, f = distances_from_sigma(np.array([beyond]), lens)
     assert np.isinf(f[0]) and 0.05 < n[0] < 2.0
-    with pytest.raises(HdmeError):
+    with pytest.raises(HdmeError, match="must exceed the focal length"):
         Lens(focal_mm=50.0, f_number=2.0, pixel_um=5.0, focus_m=0.04)
+    with pytest.raises(HdmeError, match=r"the pixel pitch \(µm\) must be a positive number, got nan"):
+        Lens(focal_mm=50.0, f_number=2.0, pixel_um=float("nan"), focus_m=2.0)
 
 
 def test_cli_focus_sweep_and_depth(tmp_path):
