@@ -469,7 +469,7 @@ def bench_accuracy(
 
     console = make_console(stderr=True)
     rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions, extend_range)
-    results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow", markup=False))
+    results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow"))
     if not results["runs"]:
         raise HdmeError("nothing was evaluated: no dataset or no model could be loaded (see the lines above)")
     print_table(results, make_console())

@@ -62,6 +62,7 @@ def predict_command(
 ) -> None:
     """σ maps (Gaussian PSF sigma, px) of images: DIR/NAME.npy and DIR/NAME.png side by side."""
     from rich.table import Table
+    from rich.text import Text
 
     from hdme.images import size_text
     from hdme.runtime.predict import DefocusPredictor, predict_files
@@ -94,7 +95,7 @@ def predict_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     # Tiles of one huge photo take a minute on a CPU: show them; whole images go by too fast to.
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+    with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                   console=_console(stderr=True), transient=True) as progress:
         task = progress.add_task("", visible=False)
 
@@ -114,7 +115,7 @@ def predict_command(
         if r.ok:
             table.add_row(r.source.name, size_text(*r.size), f"{r.sigma_mean:.2f}", f"{r.sigma_max:.2f}", f"{r.ms:.0f}", "ok")
         else:
-            table.add_row(r.source.name, "–", "–", "–", "–", "[red]failed[/red]")
+            table.add_row(r.source.name, "–", "–", "–", "–", Text("failed", style="red"))
     console.print(table)
     failed = sum(not r.ok for r in results)
     typer.echo(f"{len(results) - failed} of {len(results)} images done" + (f", {failed} failed" if failed else ""))

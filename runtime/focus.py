@@ -185,7 +185,7 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
     paths = expand_inputs(frames)
     if len(paths) < 3:
         raise HdmeError(f"a focus sweep needs at least 3 frames, got {len(paths)}")
-    predictor = predictor_for(method, model, backend, report=lambda line: console.print(line, style="yellow", markup=False))
+    predictor = predictor_for(method, model, backend, report=lambda line: console.print(line, style="yellow"))
     images = (read_image(p) for p in paths)
     result = focus_sweep(track(images, total=len(paths), description="sweep", console=console, transient=True), targets, predictor)
     result["frames"] = [str(p) for p in paths]
@@ -197,9 +197,9 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
     make_console().print(table)
     for t in result["targets"]:
         if not t["unimodal"]:
-            console.print(f"warning: σ at {t['target']} is not unimodal over the sweep (moved, occluded, or unreliable there)", style="yellow", markup=False)
+            console.print(f"warning: σ at {t['target']} is not unimodal over the sweep (moved, occluded, or unreliable there)", style="yellow")
         if t["at_sweep_end"]:
-            console.print(f"warning: σ at {t['target']} is smallest at an end of the sweep; focus may lie beyond it", style="yellow", markup=False)
+            console.print(f"warning: σ at {t['target']} is smallest at an end of the sweep; focus may lie beyond it", style="yellow")
     if plot:
         plot_sweep(result, [p.name for p in paths], plot)
         console.print(f"plot: {plot}")
@@ -283,7 +283,7 @@ def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend:
     if out is not None and out.suffix.lower() != ".npz":
         raise HdmeError(f"{out}: depth maps are written as .npz (arrays near_m, far_m, sigma_px)")
     console = make_console(stderr=True)
-    sigma = _load_sigma_or_predict(source, method, model, backend, lambda line: console.print(line, style="yellow", markup=False))
+    sigma = _load_sigma_or_predict(source, method, model, backend, lambda line: console.print(line, style="yellow"))
     near, far = distances_from_sigma(sigma, lens)
     infinity_sigma = float(sigma_at_distance(np.array([np.inf]), lens)[0])
     targets = parse_targets(points, None) if points else []
@@ -302,8 +302,7 @@ def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend:
     console.print(
         f"One σ gives two distances: a point nearer than {lens.focus_m} m and one farther blur alike (near/far ambiguity); "
         f"σ is the PSF's second-moment σ, the blur-circle radius is 2σ. A point at infinity blurs to σ = {infinity_sigma:.3f} px; "
-        "larger σ has only the near solution.",
-        markup=False,
+        "larger σ has only the near solution."
     )
     if out:
         from hdme.io import atomic_path

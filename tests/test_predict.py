@@ -82,14 +82,14 @@ def _write_inputs(folder):
     folder.mkdir()
     rgb = textured_rgb(70, 90)
     bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
-    cv2.imwrite(str(folder / "colour.png"), bgr)
+    cv2.imwrite(str(folder / "colour[bold].png"), bgr)
     cv2.imwrite(str(folder / "grey.png"), cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY))
     cv2.imwrite(str(folder / "alpha.png"), np.dstack([bgr, np.full((70, 90), 200, np.uint8)]))
     cv2.imwrite(str(folder / "deep.png"), bgr.astype(np.uint16) * 257)
     cv2.imwrite(str(folder / "odd.jpg"), bgr[:65, :77])
     cv2.imwrite(str(folder / "tiny.png"), bgr[:20, :20])
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    return {"colour": (70, 90), "grey": (70, 90), "alpha": (70, 90), "deep": (70, 90), "odd": (65, 77)}
+    return {"colour[bold]": (70, 90), "grey": (70, 90), "alpha": (70, 90), "deep": (70, 90), "odd": (65, 77)}
 
 
 def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
@@ -106,6 +106,7 @@ def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
     assert "5 of 8 images done, 3 failed" in text
     # one size, one order (H×W) in the line of each image and in the table
     assert "odd.jpg: 65x77 whole, mean of 2 mirrored views" in text and text.count("65x77") == 2
+    assert text.count("colour[bold].png") == 2  # its line and its table row: brackets are not markup
     assert "Traceback" not in text
     for name, hw in good.items():
         sigma = load_sigma_map(out / f"{name}.npy")
