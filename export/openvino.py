@@ -26,10 +26,13 @@ def default_output(src: str | os.PathLike, precision: str, folder: str | os.Path
 
 def source_onnx(model: str) -> Path:
     """The FP32 ONNX a model argument names: an .onnx file or a shipped model's export."""
-    path = Path(model)
-    if path.suffix.lower() != ".onnx":
-        from hdme.weights import find_weights
+    from hdme.weights import find_weights, is_file_argument
 
+    path = Path(model)
+    if is_file_argument(model):
+        if path.suffix.lower() != ".onnx":
+            raise HdmeError(f"{path}: expected an FP32 .onnx file or a shipped model name")
+    else:
         files = find_weights(model)
         if "onnx" not in files:
             raise HdmeError(f"'{model}' ships no ONNX export; make one with: hdme export onnx --model {model}")

@@ -144,7 +144,9 @@ def test_export_refuses_bad_requests_in_one_line(irs, tmp_path):
         (lambda: export_openvino(src, tmp_path / "m.xml", "bf16"), "an OpenVINO IR is one of fp32, fp16, int8"),
         (lambda: export_openvino(src, tmp_path / "m.onnx"), r"written as NAME\.xml"),
         (lambda: export_openvino(src, tmp_path / "m.xml", "int8"), "needs calibration images"),
-        (lambda: source_onnx(str(irs[2])), "ships no ONNX export|no shipped model"),
+        (lambda: source_onnx(str(irs[2])), "expected an FP32 .onnx file or a shipped model name"),
+        (lambda: source_onnx(str(tmp_path / "gone.onnx")), "no such model file"),
+        (lambda: source_onnx("no-such-model"), "no shipped model named 'no-such-model'"),
     ):
         with pytest.raises(HdmeError, match=pattern) as err:
             call()

@@ -14,6 +14,13 @@ WEIGHTS_DIR = Path(__file__).resolve().parent
 DEFAULT_MODEL = "hdme-edge"
 
 
+def is_file_argument(model: str) -> bool:
+    """Whether a model argument names a file (it has an extension, a folder or exists) rather than a
+    shipped model, so that a missing or wrong file is reported as such, not as an unknown name."""
+    path = Path(model)
+    return bool(path.suffix) or path.parent != Path(".") or path.exists()
+
+
 def shipped_models() -> list[str]:
     return sorted(p.stem for p in WEIGHTS_DIR.glob("*.safetensors"))
 

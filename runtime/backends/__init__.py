@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Callable
 
 from hdme.contract import MODEL_SUFFIXES, PRECISIONS, artifact_kind
 from hdme.errors import HdmeError
+from hdme.weights import DEFAULT_MODEL, is_file_argument
 
 if TYPE_CHECKING:
     from hdme.runtime.backends.base import Backend
@@ -155,15 +156,13 @@ def resolve_model(model: str | Path | None, backend: str = "auto", precision: st
                   options: dict | None = None) -> tuple[str, str, str]:
     """(backend name, file or shipped name to load, why) for a model argument. ``options``: the
     engine options given, which ``auto`` only passes to an engine that takes them."""
-    from hdme.weights import DEFAULT_MODEL
-
     if backend != "auto":
         _engine(backend)
     if precision is not None and precision not in PRECISIONS:
         raise HdmeError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     model = str(model) if model is not None else DEFAULT_MODEL
     path = Path(model)
-    if path.suffix or path.parent != Path(".") or path.exists():
+    if is_file_argument(model):
         if not path.exists():
             raise HdmeError(f"{path}: no such model file")
         kind = artifact_kind(path)
