@@ -155,7 +155,7 @@ def openvino_command(
 
 @export_app.command("triton")
 def triton_command(
-    model: Path = typer.Option(..., "--model", help=".onnx or .engine file."),
+    model: str = typer.Option(..., "--model", help=".onnx or .engine file, or a shipped model name (its FP32 ONNX)."),
     repo: Path = typer.Option(..., "--repo", help="Triton model repository folder."),
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: file name stem)."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help="Largest batch the server forms (default: 8, or the engine profile's largest batch if smaller; 0: no batching)."),

@@ -26,17 +26,12 @@ def default_output(src: str | os.PathLike, precision: str, folder: str | os.Path
 
 def source_onnx(model: str) -> Path:
     """The FP32 ONNX a model argument names: an .onnx file or a shipped model's export."""
-    from hdme.weights import find_weights, is_file_argument
+    from hdme.weights import is_file_argument, shipped_onnx
 
-    path = Path(model)
-    if is_file_argument(model):
-        if path.suffix.lower() != ".onnx":
-            raise HdmeError(f"{path}: expected an FP32 .onnx file or a shipped model name")
-    else:
-        files = find_weights(model)
-        if "onnx" not in files:
-            raise HdmeError(f"'{model}' ships no ONNX export; make one with: hdme export onnx --model {model}")
-        path = files["onnx"]
+    if not is_file_argument(model):
+        path = shipped_onnx(model)
+    elif (path := Path(model)).suffix.lower() != ".onnx":
+        raise HdmeError(f"{path}: expected an FP32 .onnx file or a shipped model name")
     if model_precision(path) != "fp32":
         raise HdmeError(f"{path}: already {model_precision(path)}; convert the FP32 export instead")
     return path

@@ -73,14 +73,18 @@ def config_text(name: str, platform: str, max_batch: int, chw: list[int | None],
 def write_repository(
     model: str | os.PathLike, repo: str | os.PathLike, name: str | None = None, max_batch: int | None = None, instances: int = 1
 ) -> Path:
-    """Write (or replace) ``repo/name`` for ``model``; returns that folder. ``max_batch``: the largest
-    batch the server forms (default DEFAULT_MAX_BATCH, or an engine profile's largest batch if
-    smaller; 0: no batching)."""
+    """Write (or replace) ``repo/name`` for ``model`` (a file, or a shipped model's name, which serves
+    its FP32 ONNX); returns that folder. ``max_batch``: the largest batch the server forms (default
+    DEFAULT_MAX_BATCH, or an engine profile's largest batch if smaller; 0: no batching)."""
     from hdme.export.triton_schema import parse_config
+    from hdme.weights import is_file_argument, shipped_onnx
 
-    model, repo = Path(model), Path(repo)
+    model = Path(model) if is_file_argument(str(model)) else shipped_onnx(str(model))
+    repo = Path(repo)
     if not model.exists():
         raise HdmeError(f"{model}: no such model file")
+    if repo.exists() and not repo.is_dir():
+        raise HdmeError(f"{repo}: exists and is not a folder")
     # model.int8.onnx → "model-int8": variants of one network get entries of their own.
     name = name or model.stem.replace(".", "-")
     if not name or "/" in name or name.startswith("."):

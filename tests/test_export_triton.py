@@ -91,6 +91,19 @@ def test_onnx_repository_passes_the_schema(tmp_path):
     assert parse_config((entry / "config.pbtxt").read_text()).max_batch_size == 2
 
 
+def test_shipped_model_serves_its_onnx_and_bad_places_are_one_line(tmp_path):
+    from hdme.weights import shipped_onnx
+
+    entry = write_repository("hdme-edge", tmp_path / "repo")
+    assert (entry / "1" / "model.onnx").read_bytes() == shipped_onnx("hdme-edge").read_bytes()
+    taken = tmp_path / "taken.txt"
+    taken.write_text("")
+    with pytest.raises(HdmeError, match="taken.txt: exists and is not a folder"):
+        write_repository("hdme-edge", taken)
+    with pytest.raises(HdmeError, match="no shipped model named 'hdme-nothing'"):
+        write_repository("hdme-nothing", tmp_path / "repo")
+
+
 def test_static_onnx_is_served_without_batching(tmp_path):
     model = _tiny_onnx(tmp_path / "fixed.onnx", batch=1, height=256)
     config = parse_config((write_repository(model, tmp_path / "repo") / "config.pbtxt").read_text())

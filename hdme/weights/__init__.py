@@ -39,3 +39,11 @@ def find_weights(name: str = DEFAULT_MODEL) -> dict[str, Path]:
         have = ", ".join(shipped_models()) or "none"
         raise HdmeError(f"no shipped model named '{name}' (shipped: {have}); pass a weights or ONNX file instead")
     return found
+
+
+def shipped_onnx(name: str) -> Path:
+    """The FP32 ONNX export of a shipped model."""
+    files = find_weights(name)
+    if "onnx" not in files:
+        raise HdmeError(f"'{name}' ships no ONNX export; make one with: hdme export onnx --model {name}")
+    return files["onnx"]
