@@ -13,6 +13,7 @@ import numpy as np
 
 from hdme.contract import INPUT_NAME, IR_RT_INFO_SECTION, model_precision, onnx_metadata
 from hdme.errors import HdmeError, require
+from hdme.io import make_folder
 from hdme.metrics import error_stats
 
 IR_PRECISIONS = ("fp32", "fp16", "int8")
@@ -40,7 +41,7 @@ def source_onnx(model: str) -> Path:
 def _save_ir(model, out: Path, compress_to_fp16: bool) -> None:
     """Write the IR so that ``out`` (the .xml readers open) appears only with its weights in place."""
     ov = require("openvino", "openvino")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     with tempfile.TemporaryDirectory(prefix=f".{out.stem}.", dir=out.parent) as tmp:
         staged = Path(tmp) / out.name
         ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from hdme.errors import HdmeError
+from hdme.io import make_folder
 
 MAX_QUEUE_DELAY_US = 100
 DEFAULT_MAX_BATCH = 8
@@ -83,8 +84,6 @@ def write_repository(
     repo = Path(repo)
     if not model.exists():
         raise HdmeError(f"{model}: no such model file")
-    if repo.exists() and not repo.is_dir():
-        raise HdmeError(f"{repo}: exists and is not a folder")
     # model.int8.onnx → "model-int8": variants of one network get entries of their own.
     name = name or model.stem.replace(".", "-")
     if not name or "/" in name or name.startswith("."):
@@ -103,7 +102,7 @@ def write_repository(
     text = config_text(name, platform, max_batch, shape, instances, static_batch or 1)
     parse_config(text)
 
-    repo.mkdir(parents=True, exist_ok=True)
+    make_folder(repo)
     target = repo / name
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repo))
     try:

@@ -10,16 +10,45 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from hdme.errors import HdmeError
+
 
 # The temporary names atomic_path gives: ".STEM.XXXXXXXX.tmp.SUFFIX" (mkstemp's eight random characters).
 _TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]+)?$")
 
 
+def make_folder(path: str | os.PathLike) -> Path:
+    """Create an output folder (and its parents), or say in one line why it cannot hold outputs."""
+    path = Path(path)
+    blocker = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise HdmeError(f"{blocker}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise HdmeError(f"{path}: cannot create the folder ({exc.strerror or exc})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise HdmeError(f"{path}: the folder is not writable")
+    return path
+
+
+def check_output_file(path: str | os.PathLike) -> Path:
+    """Refuse in one line an output file that could not be written: a folder stands at its name,
+    or a file where one of its folders should be. Commands call it before long work."""
+    path = Path(path)
+    if path.is_dir():
+        raise HdmeError(f"{path}: is a folder; give a file name")
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise HdmeError(f"{blocker}: exists and is not a folder")
+    return path
+
+
 def temp_path_beside(path: str | os.PathLike) -> Path:
     """A new empty file next to ``path``, named like it (``.STEM.XXXXXXXX.tmp.SUFFIX``), with the
     permissions any new file gets, to be renamed over ``path`` once complete."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_file(path)
+    make_folder(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
     os.close(fd)
     # mkstemp creates the file 0600; outputs should get the permissions any new file would.

@@ -465,8 +465,11 @@ def bench_accuracy(
     extend_range: bool = False,
 ) -> dict:
     """``hdme bench accuracy``: evaluate, print the table, write the JSON and Markdown files."""
-    from hdme.io import write_json, write_text
+    from hdme.io import check_output_file, write_json, write_text
 
+    for path in (json_path, markdown_path):
+        if path:
+            check_output_file(path)  # before the evaluation, not after it
     console = make_console(stderr=True)
     rows = methods_for(models, backends, methods or ["hdme", "zhuo-sim"], max_side, ttas, precisions, extend_range)
     results = run_accuracy(datasets or DEFAULT_DATASETS, rows, report=lambda line: console.print(line, style="yellow"))

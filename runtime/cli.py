@@ -12,6 +12,7 @@ from typing import List, Optional
 import typer
 
 from hdme.errors import HdmeError
+from hdme.io import check_output_file
 from hdme.runtime.backends import BACKEND_NAMES, ENGINES
 
 bench_app = typer.Typer(
@@ -261,6 +262,9 @@ def bench_latency_command(
         raise HdmeError("give --iters or --duration, not both")
     if (iters is not None and iters < 1) or warmup < 0 or any(b < 1 for b in batches):
         raise HdmeError("--iters and --batch must be at least 1, --warmup at least 0")
+    for path in (json_path, markdown_path, plot_path):
+        if path:
+            check_output_file(path)
     console = _console()
     table = bench_latency(
         models=models or None, backends=backends or None, precisions=precisions or None,

@@ -177,8 +177,12 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
     from rich.table import Table
 
     from hdme.images import expand_inputs, read_image
-    from hdme.io import write_json
+    from hdme.io import check_output_file, write_json
     from hdme.runtime.classic import predictor_for
+
+    for path in (plot, json_path):
+        if path:
+            check_output_file(path)
 
     console = make_console(stderr=True)
     targets = parse_targets(points, regions)

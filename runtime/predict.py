@@ -14,6 +14,7 @@ import numpy as np
 from hdme.conventions import SIGMA_MAX, output_to_sigma, rescale_sigma, rgb_to_input, save_sigma_map, side_by_side
 from hdme.errors import HdmeError
 from hdme.images import expand_inputs, read_image, size_text, write_image
+from hdme.io import make_folder
 from hdme.runtime.backends import create_backend
 
 MIN_SIDE = 32
@@ -269,18 +270,6 @@ def output_names(paths: list[Path]) -> list[str]:
     return names
 
 
-def prepare_output_folder(out_dir: Path) -> None:
-    """Create ``out_dir`` or fail in one line when it cannot hold outputs."""
-    if out_dir.exists() and not out_dir.is_dir():
-        raise HdmeError(f"{out_dir}: exists and is not a folder")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise HdmeError(f"{out_dir}: cannot create the output folder ({exc.strerror or exc})") from None
-    if not os.access(out_dir, os.W_OK | os.X_OK):
-        raise HdmeError(f"{out_dir}: the output folder is not writable")
-
-
 def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FORMATS, on_result=None,
                   vmax: float = SIGMA_MAX, on_progress=None) -> list[PredictResult]:
     """Run ``predictor`` (anything with ``.predict(rgb)``) over files and folders; a bad file gets
@@ -297,7 +286,7 @@ def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FO
     paths = expand_inputs(inputs, exclude=out_dir)
     if not paths:
         raise HdmeError("no input images found")
-    prepare_output_folder(out_dir)
+    make_folder(out_dir)
     results = []
     for path, name in zip(paths, output_names(paths)):
         try:

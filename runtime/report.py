@@ -16,7 +16,7 @@ import numpy as np
 
 from hdme.conventions import SIGMA_MAX, colorize
 from hdme.errors import HdmeError
-from hdme.io import atomic_path, write_text
+from hdme.io import atomic_path, make_folder, write_text
 from hdme.runtime.accuracy import RESULTS_KIND, decode_image_thumb, decode_sigma_thumb, render_markdown
 
 REAL_VMAX = 5.0  # px: the fixed colour scale for real photos, whose σ rarely exceeds it
@@ -218,8 +218,7 @@ def build_report(result_files: list[str | os.PathLike], out_dir: str | os.PathLi
     if not result_files:
         raise HdmeError("give at least one results JSON (from hdme bench accuracy --json or hdme bench latency --json)")
     results, latency, latency_meta = load_results(result_files)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
     parts = ["# hdme benchmark report", ""]
     if results:
         parts += [f"Results of hdme {results.get('hdme_version', '?')}, {results.get('created', '')}.", "", render_markdown(results)]

@@ -258,8 +258,8 @@ def test_unusable_output_folder_is_one_line(models, tmp_path):
     cv2.imwrite(str(tmp_path / "a.png"), textured_rgb(40, 40))
     (tmp_path / "f").write_text("a file")
     for out, expected in ((tmp_path / "f", "exists and is not a folder"),
-                          (tmp_path / "f" / "sub", "cannot create the output folder"),
-                          (_unwritable(tmp_path), "cannot create the output folder")):
+                          (tmp_path / "f" / "sub", f"{tmp_path / 'f'}: exists and is not a folder"),
+                          (_unwritable(tmp_path), "cannot create the folder")):
         result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), str(tmp_path / "a.png"), "--out", str(out),
                                           "--model", str(models["tiny"])])
         assert isinstance(result.exception, HdmeError), (out, result.exception)

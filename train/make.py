@@ -24,7 +24,7 @@ from hdme import __version__
 from hdme.conventions import save_sigma_map
 from hdme.errors import HdmeError
 from hdme.images import write_image
-from hdme.io import remove_stale_temp_files, write_json
+from hdme.io import make_folder, remove_stale_temp_files, write_json
 
 FORMAT_VERSION = 1
 SPLITS = (("train", 0.8), ("val", 0.1), ("test", 0.1))
@@ -203,7 +203,7 @@ def make_dataset(args: MakeArgs, progress: bool = True) -> dict:
     args.recipe_used = recipe.to_dict()
     open_source(args.source)  # fail early, in this process, on a bad --source
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out)
     remove_stale_temp_files(out)  # a killed run's half-written files must not pass for samples
     previous = _previous_records(out, args)
 

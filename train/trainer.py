@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from hdme.conventions import SIGMA_BIN_EDGES, SIGMA_SCALE
 from hdme.errors import HdmeError
-from hdme.io import write_json
+from hdme.io import make_folder, write_json
 from hdme.train.config import TrainConfig
 from hdme.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from hdme.train.data import VAL_SEED, PairBatches, SyntheticBatches, evaluate
@@ -156,7 +156,7 @@ class Trainer:
 
         self.log: RunLog | None = None
         if d.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+            make_folder(self.run_dir)
             write_json(self.run_dir / "config.json",
                        dataclasses.asdict(config) | {"total_steps": self.total, "world_size": d.world})
             # Bundled sources and a fixed seed: the same validation images whatever the run trains on,

@@ -11,6 +11,7 @@ import onnxruntime as ort
 
 from hdme.contract import INPUT_NAME, OUTPUT_NAME, model_precision
 from hdme.errors import HdmeError
+from hdme.io import make_folder
 from hdme.runtime.backends.base import Backend, InferTimes, check_input, check_model_io, checked_output
 
 # Short names users type → ONNX Runtime provider names, fastest first.
@@ -102,7 +103,7 @@ class OnnxRuntimeBackend(Backend):
     def _provider_chain(provider: str, fp16: bool, int8: bool, cache_dir: Path, device_id: int) -> list:
         chain: list = []
         if provider == "tensorrt":
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            make_folder(cache_dir)
             chain.append(
                 (
                     PROVIDERS["tensorrt"],
