@@ -156,6 +156,50 @@ def test_a_killed_run_resumes_from_a_checkpoint_taken_on_wall_time(tmp_path, mon
         train(TrainConfig(out=str(tmp_path / "bad"), steps=1, ckpt_minutes=0, **TINY))
 
 
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_stops_after_a_step_with_a_checkpoint_to_resume(tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+
+    run, config = tmp_path / "run", tmp_path / "config.json"
+    config.write_text(json.dumps({"train": {"log_every": 1, "val_count": 2}}))
+    args = ["train", "--config", str(config), "--model", "hdme-tiny", "--recipe", "paper", "--steps", "100000",
+            "--size", "32", "--batch", "2", "--workers", "1", "--val-every", "100000", "--ckpt-every", "100000",
+            "--out", str(run)]
+    code = f"import sys; sys.argv = ['hdme', *{args!r}]; from hdme.cli import main; main()"
+    # its own process group, signalled as a terminal's Ctrl-C is: the drawing worker gets it too
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    try:
+        head = []
+        for line in proc.stdout:
+            head.append(line)
+            if line.startswith("step 5/"):
+                break
+        assert proc.poll() is None, "".join(head)
+        os.killpg(proc.pid, getattr(signal, signal_name))
+        rest = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, rest
+    lines = rest.strip().splitlines()
+    assert "Traceback" not in rest
+    stopped = int(lines[-2].split()[3])
+    assert lines[-2] == f"stopped at step {stopped} of 100000; {run / 'last.ckpt'} holds the run"
+    assert lines[-1] == f"continue with: hdme train --out {run} --resume"
+    assert torch.load(run / "last.ckpt", weights_only=True)["step"] == stopped
+    assert not (run / "final.safetensors").exists()  # an unfinished run exports nothing as final
+    from typer.testing import CliRunner
+
+    from hdme.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--out", str(run), "--resume", "--steps", str(stopped + 2)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "final.json").read_text())["steps"] == stopped + 2
+
+
 def test_fit_minutes_ends_the_schedule_on_time(tmp_path, monkeypatch):
     from hdme.train.trainer import Trainer
 

@@ -81,7 +81,7 @@ def train_command(
     ema_decay: Optional[float] = typer.Option(None, "--ema-decay", show_default=_default("ema_decay"), help="Validate and export a moving average of the weights (e.g. 0.999); 0 = off."),
 ) -> None:
     """Train an HDME-Net variant (single process, or under `torchrun --nproc_per_node K`)."""
-    from hdme.train.trainer import train
+    from hdme.train.trainer import TrainingStopped, train
 
     if data is not None and synthetic:
         raise HdmeError("--data and --synthetic exclude each other")
@@ -103,7 +103,11 @@ def train_command(
     values["compile"] = compile or values.get("compile", False)
     if "out" not in values:
         raise HdmeError("--out RUN is required")
-    train(TrainConfig.from_dict(values))
+    try:
+        train(TrainConfig.from_dict(values))
+    except TrainingStopped:
+        typer.secho(f"continue with: hdme train --out {values['out']} --resume", fg=typer.colors.YELLOW, err=True)
+        raise typer.Exit(130) from None
 
 
 data_app = typer.Typer(help="Synthetic defocus datasets (COCO_shuffle and structured scenes).", no_args_is_help=True)

@@ -8,6 +8,7 @@ run draws exactly the batches the uninterrupted run would have drawn.
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -87,13 +88,19 @@ class SyntheticBatches:
             # Spawned, not forked: OpenCV's thread pool does not survive a fork (setting its size
             # in a forked child hangs), and neither does a CUDA context.
             loader = DataLoader(_DrawStream(self, k), batch_size=None, num_workers=self.workers,
-                                worker_init_fn=_single_threaded, multiprocessing_context="spawn",
+                                worker_init_fn=_init_drawing_worker, multiprocessing_context="spawn",
                                 pin_memory=self.device.type == "cuda")
             self._ahead, self._ahead_next = iter(loader), k
         while self._ahead_next <= k:
             index, draw = next(self._ahead)
             self._ahead_next = index + 1
             self._render(index, draw)
+
+    def close(self) -> None:
+        """End the drawing processes now. They ignore SIGTERM (see ``_init_drawing_worker``), so at
+        exit they would not yield to multiprocessing's terminate(); the loader's iterator, when
+        dropped, tells them to stop after the chunk in hand."""
+        self._ahead = None
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         newest = step // self.echo
@@ -150,8 +157,13 @@ class _DrawStream(IterableDataset):
             yield k, draw_chunk(*self.args, k, self.source)
 
 
-def _single_threaded(_: int) -> None:
+def _init_drawing_worker(_: int) -> None:
     cv2.setNumThreads(1)  # the parallelism comes from the worker processes
+    # Ctrl-C (and a scheduler's SIGTERM) reach the whole process group: the training process decides
+    # when to stop, after a step and with a checkpoint, and shuts its workers down itself; a worker
+    # killed meanwhile would break the transfer of the chunk it was sending.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
 
 
 class ModelPredictor:
@@ -264,6 +276,10 @@ class PairBatches:
                             num_workers=self.workers, drop_last=True)
         self._iter = iter(loader)
         self._step = step
+
+    def close(self) -> None:
+        """End the loading processes now: the loader's iterator tells them to stop when dropped."""
+        self._iter = self._step = None
 
     def batch_at(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         if self._step != step or step % self.steps_per_epoch == 0:

@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,6 +71,40 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
         return 0.1 ** sum(step >= total * k / 3 for k in (1, 2))
     t = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class TrainingStopped(KeyboardInterrupt):
+    """A run stopped on request (Ctrl-C, SIGTERM) at a step boundary, its state checkpointed."""
+
+    def __init__(self, step: int, total: int, checkpoint: Path) -> None:
+        super().__init__(f"stopped at step {step} of {total}; {checkpoint} holds the run")
+        self.step, self.total, self.checkpoint = step, total, checkpoint
+
+
+class StopRequests:
+    """While active, SIGINT and SIGTERM ask the run to stop after the current step instead of
+    killing it mid-step, which would lose the steps since the last checkpoint; a second signal
+    stops at once. A SIGINT the parent ignores (a background job) stays ignored."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequests":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._request)
+        return self
+
+    def _request(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 @dataclass
@@ -281,41 +317,49 @@ class Trainer:
         end_cost = 0.0  # seconds of the last validation and checkpoint, kept free at the end of a fitted run
         last_ckpt = time.monotonic()
         try:
-            while self.step < self.total:
-                losses.append(self.train_step())
-                if self.step % config.log_every == 0 or self.step == self.total:
-                    seconds = max(time.monotonic() - window_start, 1e-9)
-                    rate = len(losses) * config.batch * d.world / seconds
-                    fresh = (self.batches.fresh_samples - fresh_start) * d.world / seconds
+            with StopRequests() as stop:
+                while self.step < self.total:
+                    losses.append(self.train_step())
+                    if self.step % config.log_every == 0 or self.step == self.total:
+                        seconds = max(time.monotonic() - window_start, 1e-9)
+                        rate = len(losses) * config.batch * d.world / seconds
+                        fresh = (self.batches.fresh_samples - fresh_start) * d.world / seconds
+                        if d.main:
+                            self.log.train(self.step, self.wall(), float(torch.stack(losses).mean()),
+                                           self.scheduler.get_last_lr()[0], rate, fresh, self.data_wait)
+                        losses, window_start, fresh_start, self.data_wait = [], time.monotonic(), self.batches.fresh_samples, 0.0
+                        if config.fit_minutes is not None:
+                            if fit_since is None:
+                                fit_since = (self.step, self.wall())
+                            else:
+                                self.fit_total(fit_since, end_cost)
                     if d.main:
-                        self.log.train(self.step, self.wall(), float(torch.stack(losses).mean()),
-                                       self.scheduler.get_last_lr()[0], rate, fresh, self.data_wait)
-                    losses, window_start, fresh_start, self.data_wait = [], time.monotonic(), self.batches.fresh_samples, 0.0
-                    if config.fit_minutes is not None:
-                        if fit_since is None:
-                            fit_since = (self.step, self.wall())
-                        else:
-                            self.fit_total(fit_since, end_cost)
-                if d.main:
-                    self.log.advance(self.step)
-                out_of_time = deadline is not None and d.any(time.monotonic() >= deadline)
-                if out_of_time:
-                    if d.main:
-                        self.log.say(f"time budget of {config.max_minutes} min reached at step {self.step}")
-                    break
-                # Wall time is compared at log steps only: agreeing on it costs every rank a sync.
-                ckpt_due = self.step % config.ckpt_every == 0 or (self.step % config.log_every == 0 and d.any(
-                    time.monotonic() - last_ckpt >= 60.0 * config.ckpt_minutes))
-                if self.step < self.total and (self.step % config.val_every == 0 or ckpt_due):
-                    started = time.monotonic()
-                    if self.step % config.val_every == 0:
-                        self.validate()
-                    if ckpt_due:
+                        self.log.advance(self.step)
+                    out_of_time = deadline is not None and d.any(time.monotonic() >= deadline)
+                    if out_of_time:
+                        if d.main:
+                            self.log.say(f"time budget of {config.max_minutes} min reached at step {self.step}")
+                        break
+                    # A signal to one rank stops them all at one step, agreed at log steps as wall time is.
+                    if (d.world == 1 or self.step % config.log_every == 0) and d.any(stop.requested):
                         self.checkpoint()
-                        last_ckpt = time.monotonic()
-                    window_start = time.monotonic()  # keep validation and checkpoints out of img/s
-                    fresh_start, self.data_wait = self.batches.fresh_samples, 0.0
-                    end_cost = max(end_cost, window_start - started)
+                        stopped = TrainingStopped(self.step, self.total, self.ckpt_path)
+                        if d.main:
+                            self.log.say(str(stopped))
+                        raise stopped
+                    # Wall time is compared at log steps only: agreeing on it costs every rank a sync.
+                    ckpt_due = self.step % config.ckpt_every == 0 or (self.step % config.log_every == 0 and d.any(
+                        time.monotonic() - last_ckpt >= 60.0 * config.ckpt_minutes))
+                    if self.step < self.total and (self.step % config.val_every == 0 or ckpt_due):
+                        started = time.monotonic()
+                        if self.step % config.val_every == 0:
+                            self.validate()
+                        if ckpt_due:
+                            self.checkpoint()
+                            last_ckpt = time.monotonic()
+                        window_start = time.monotonic()  # keep validation and checkpoints out of img/s
+                        fresh_start, self.data_wait = self.batches.fresh_samples, 0.0
+                        end_cost = max(end_cost, window_start - started)
             self.validate()
             self.checkpoint()
             card: dict[str, Any] = {}
@@ -323,6 +367,7 @@ class Trainer:
                 self.export("final")
                 card = json.loads((self.run_dir / "final.json").read_text())
         finally:
+            self.batches.close()
             if self.log is not None:
                 self.log.close()
         return TrainResult(self.evaluated, card)
