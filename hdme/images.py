@@ -101,6 +101,8 @@ def read_image(path: str | os.PathLike, min_side: int = MIN_SIDE) -> np.ndarray:
         raise HdmeError(f"{path}: no such file")
     if path.is_dir():
         raise HdmeError(f"{path}: is a folder, not an image")
+    if path.suffix.lower() in VIDEO_EXTS:
+        raise HdmeError(f"{path}: a video, not an image")
     if path.suffix.lower() not in IMAGE_EXTS:
         raise HdmeError(f"{path}: unsupported format '{path.suffix}' (expected one of {', '.join(sorted(IMAGE_EXTS))})")
     try:

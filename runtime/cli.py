@@ -121,6 +121,11 @@ def predict_command(
     failed = sum(not r.ok for r in results)
     typer.echo(f"{len(results) - failed} of {len(results)} images done" + (f", {failed} failed" if failed else ""))
     if failed:
+        from hdme.images import VIDEO_EXTS
+
+        videos = [r.source for r in results if not r.ok and r.source.suffix.lower() in VIDEO_EXTS]
+        if videos:
+            typer.echo(f"videos stream through `hdme run`, e.g. hdme run {videos[0]}", err=True)
         raise typer.Exit(1)
 
 

@@ -117,6 +117,8 @@ def test_load_errors_are_one_line(tmp_path):
         load_model(tmp_path / "bad.safetensors")
     with pytest.raises(HdmeError, match="unknown model"):
         create_model("hdme-nope")
+    with pytest.raises(HdmeError, match=r"photo.jpg: not network weights \(a .safetensors file or a shipped model name\)"):
+        load_model(tmp_path / "photo.jpg")
 
 
 def test_global_context_starts_as_identity_and_warm_starts_from_weights_without_it(tmp_path):

@@ -95,15 +95,17 @@ def _write_inputs(folder):
 def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
     good = _write_inputs(tmp_path / "in")
     (tmp_path / "in" / "notes.gif").write_bytes(b"GIF89a")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "in"), str(tmp_path / "in" / "notes.gif"),
-                                      "--out", str(out), "--model", str(models["tiny"])])
+                                      str(tmp_path / "clip.mp4"), "--out", str(out), "--model", str(models["tiny"])])
     assert result.exit_code == 1, result.output
     text = result.output
     assert "tiny.png: image is 20x20, smaller than 32 px" in text
     assert "corrupt.png: corrupt or unreadable image" in text
     assert "unsupported format '.gif'" in text
-    assert "5 of 8 images done, 3 failed" in text
+    assert "clip.mp4: a video, not an image" in text and f"hdme run {tmp_path / 'clip.mp4'}" in text
+    assert "5 of 9 images done, 4 failed" in text
     # one size, one order (H×W) in the line of each image and in the table
     assert "odd.jpg: 65x77 whole, mean of 2 mirrored views" in text and text.count("65x77") == 2
     assert text.count("colour[bold].png") == 2  # its line and its table row: brackets are not markup

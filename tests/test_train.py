@@ -231,6 +231,13 @@ def test_init_and_bad_options(tmp_path):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, resume=True, **TINY))
     with pytest.raises(HdmeError, match="away from the training mix"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "away-leaves"}))
+    # a wrong name lists the recipes training takes, not the evaluation sets it refuses
+    with pytest.raises(HdmeError, match=r"nope: neither a recipe name \(paper, hdme, hdme-range, hdme-broad\) nor"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "nope"}))
+    away_file = tmp_path / "away.json"
+    away_file.write_text(json.dumps({"data": {"kind": "away", "scene": "leaves"}}))
+    with pytest.raises(HdmeError, match="away from the training mix"):
+        train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": str(away_file)}))
     with pytest.raises(HdmeError, match="val_count must be positive"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "val_count": 0}))
     # a config file's render side with a larger crop flag: one line, before anything is drawn

@@ -258,7 +258,7 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
             raise HdmeError(f"{path}: no such weights file")
         return path
     if path.suffix:
-        raise HdmeError(f"{path}: torch loads .safetensors weights (for .onnx use another backend)")
+        raise HdmeError(f"{path}: not network weights (a .safetensors file or a shipped model name)")
     files = find_weights(str(name_or_path))
     if "safetensors" not in files:
         raise HdmeError(f"shipped model '{name_or_path}' has no safetensors weights")

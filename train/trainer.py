@@ -125,7 +125,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 class Trainer:
     def __init__(self, config: TrainConfig, d: Distributed):
-        from hdme.train.synth import SynthRecipe, get_recipe
+        from hdme.train.synth import get_recipe
 
         self.config, self.d = config, d
         self.run_dir = Path(config.out)
@@ -153,10 +153,7 @@ class Trainer:
         # them), so the pairs hold for the whole run instead of being rebuilt every step.
         self.ema_pairs = list(zip(self.ema.state_dict().values(), self.model.state_dict().values())) if self.ema else []
 
-        self.recipe = get_recipe(config.recipe)
-        if not isinstance(self.recipe, SynthRecipe):
-            raise HdmeError(f"recipe '{config.recipe}' makes an evaluation set away from the training mix; "
-                            "training on it would leave nothing to measure the model against")
+        self.recipe = get_recipe(config.recipe, training=True)
         if config.data:
             root = Path(config.data)
             root = root / "train" if (root / "train").is_dir() else root

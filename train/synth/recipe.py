@@ -133,22 +133,30 @@ def recipe_from_dict(data: dict, name: str):
     return SynthRecipe(**{"name": name, **section})
 
 
-def get_recipe(name_or_path: str):
+def get_recipe(name_or_path: str, training: bool = False):
     """A preset ('paper', 'hdme'), an evaluation recipe away from the training mix ('away-leaves',
-    'away-dof', 'away-large'; an ``AwayRecipe``) or a JSON file whose "data" key holds the recipe."""
+    'away-dof', 'away-large'; an ``AwayRecipe``) or a JSON file whose "data" key holds the recipe.
+    ``training`` refuses the away recipes: a model trained on one would have nothing left to be
+    measured against away from its mix."""
     from hdme.train.synth.away import AWAY_RECIPES
 
     if name_or_path in RECIPES:
         return dataclasses.replace(RECIPES[name_or_path])
     if name_or_path in AWAY_RECIPES:
-        return AWAY_RECIPES[name_or_path].replace()
-    path = Path(name_or_path)
-    if not path.is_file():
-        raise HdmeError(f"{name_or_path}: neither a recipe name ({', '.join([*RECIPES, *AWAY_RECIPES])}) nor a JSON file")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise HdmeError(f"{path}: not a readable JSON recipe ({exc})") from None
-    if not isinstance(data, dict):
-        raise HdmeError(f"{path}: a recipe file holds a JSON object")
-    return recipe_from_dict(data, data.get("data", data).get("name", path.stem))
+        recipe = AWAY_RECIPES[name_or_path].replace()
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            names = list(RECIPES) if training else [*RECIPES, *AWAY_RECIPES]
+            raise HdmeError(f"{name_or_path}: neither a recipe name ({', '.join(names)}) nor a JSON file")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise HdmeError(f"{path}: not a readable JSON recipe ({exc})") from None
+        if not isinstance(data, dict):
+            raise HdmeError(f"{path}: a recipe file holds a JSON object")
+        recipe = recipe_from_dict(data, data.get("data", data).get("name", path.stem))
+    if training and not isinstance(recipe, SynthRecipe):
+        raise HdmeError(f"recipe '{name_or_path}' makes an evaluation set away from the training mix; "
+                        "training on it would leave nothing to measure the model against")
+    return recipe
