@@ -57,12 +57,15 @@ def cuda_driver_version() -> tuple[int, int] | None:
     return None
 
 
-def cuda_mismatch(library: str, built_for: int | None, driver: tuple[int, int] | None, pin: str) -> str | None:
+# What a CUDA library runs on a machine without an NVIDIA driver. Not a fix: a CPU machine with the
+# GPU extras installed is not broken, and no command there would make them run.
+NO_GPU = "nothing: needs an NVIDIA GPU and driver"
+
+
+def cuda_mismatch(library: str, built_for: int | None, driver: tuple[int, int], pin: str) -> str | None:
     """The fix when ``library``, built for CUDA major ``built_for``, cannot run under ``driver``.
     A driver runs the CUDA majors up to its own, never a newer one; ``pin`` is the pip argument
     that installs the library's build for the driver's major, with {major} and {next} filled in."""
-    if driver is None:
-        return f"{library} needs an NVIDIA GPU and its driver; none was found"
     if built_for is not None and built_for > driver[0]:
         major = driver[0]
         return (
@@ -110,7 +113,7 @@ def _driver_too_old(driver: tuple[int, int]) -> str:
 def _tensorrt(driver: tuple[int, int] | None) -> Finding:
     if not module_installed("tensorrt"):
         if driver is None:
-            return Finding("tensorrt", "not installed", "nothing: needs an NVIDIA GPU and driver")
+            return Finding("tensorrt", "not installed", NO_GPU)
         if driver[0] < 12:
             return Finding("tensorrt", "not installed", "", _driver_too_old(driver))
         return Finding("tensorrt", "not installed", "", f"pip install 'hdme[trt-cu{min(driver[0], 13)}]' (on JetPack, TensorRT comes with the image)")
@@ -118,11 +121,13 @@ def _tensorrt(driver: tuple[int, int] | None) -> Finding:
         import tensorrt as trt
     except (ImportError, OSError) as exc:  # installed, but its libraries do not load
         return Finding("tensorrt", _version("tensorrt") or "?", "", f"TensorRT does not load ({exc}); reinstall: pip install {_extra('tensorrt')}")
+    if driver is None:
+        return Finding("tensorrt", trt.__version__, NO_GPU)
     major = _major(trt.__version__)
     # TensorRT 11 builds reduced precision only from typed ONNX (hdme export quantize); 10 also
     # from FP32 with the builder flags.
     runs = "fp32 fp16 int8" + (" (fp16/int8 from quantised ONNX only)" if major and major >= 11 else "")
-    if driver is not None and driver[0] < 12:  # no TensorRT build of ours runs there: no extra to name
+    if driver[0] < 12:  # no TensorRT build of ours runs there: no extra to name
         fix = _driver_too_old(driver)
     else:
         fix = cuda_mismatch("TensorRT", tensorrt_cuda_major(), driver, "'hdme[trt-cu{major}]'")
@@ -163,14 +168,18 @@ PROBES = {"tensorrt": _tensorrt, "onnxruntime": _onnxruntime, "openvino": _openv
 def cuda_findings(driver: tuple[int, int] | None) -> list[Finding]:
     """The NVIDIA driver and the CUDA libraries TensorRT's buffers use (either one suffices)."""
     rows = [Finding("NVIDIA driver", f"CUDA {driver[0]}.{driver[1]}" if driver else "none", "")]
-    cuda_python = _version("cuda-python", "cuda-bindings")
-    if cuda_python:
-        fix = cuda_mismatch("cuda-python", _major(cuda_python), driver, "'cuda-python>={major},<{next}'")
-        rows.append(Finding("cuda-python", cuda_python, "" if fix else "TensorRT buffers, CUDA graphs", fix))
-    pycuda = _version("pycuda")
-    if pycuda:
-        fix = cuda_mismatch("PyCUDA", None, driver, "")
-        rows.append(Finding("pycuda", pycuda, "" if fix else "TensorRT buffers (no CUDA graphs)", fix))
+    for name, library, version, built_for, pin, runs in (
+        ("cuda-python", "cuda-python", _version("cuda-python", "cuda-bindings"), True, "'cuda-python>={major},<{next}'",
+         "TensorRT buffers, CUDA graphs"),
+        ("pycuda", "PyCUDA", _version("pycuda"), False, "", "TensorRT buffers (no CUDA graphs)"),
+    ):
+        if not version:
+            continue
+        if driver is None:
+            rows.append(Finding(name, version, NO_GPU))
+            continue
+        fix = cuda_mismatch(library, _major(version) if built_for else None, driver, pin)
+        rows.append(Finding(name, version, "" if fix else runs, fix))
     return rows
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from hdme.cli import app
 from hdme.runtime.backends import BACKEND_NAMES
-from hdme.runtime.doctor import PROBES, cuda_driver_version, cuda_mismatch, diagnose
+from hdme.runtime.doctor import NO_GPU, PROBES, cuda_driver_version, cuda_findings, cuda_mismatch, diagnose
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -24,9 +24,22 @@ def test_a_driver_runs_its_cuda_major_and_older_ones_only():
     assert fix.endswith("pip install 'cuda-python>=12,<13'") and "CUDA 12.6" in fix
     assert cuda_mismatch("cuda-python", 12, (13, 0), pin) is None
     assert cuda_mismatch("cuda-python", 12, (12, 2), pin) is None
-    assert "none was found" in cuda_mismatch("cuda-python", 12, None, pin)
     assert cuda_mismatch("TensorRT", None, (12, 6), "'hdme[trt-cu{major}]'") is None  # JetPack's own TensorRT
     assert cuda_mismatch("TensorRT", 13, (12, 8), "'hdme[trt-cu{major}]'").endswith("pip install 'hdme[trt-cu12]'")
+
+
+def test_cuda_libraries_without_a_driver_run_nothing_and_need_no_fix(monkeypatch):
+    import hdme.runtime.doctor as doctor
+
+    installed = {"cuda-python": "13.0.1", "pycuda": "2025.1"}
+    monkeypatch.setattr(doctor, "_version", lambda *names: next((installed[n] for n in names if n in installed), None))
+    rows = {f.name: f for f in cuda_findings(None)}
+    assert rows["NVIDIA driver"].version == "none"
+    for name in installed:
+        assert rows[name].runs == NO_GPU and rows[name].fix is None
+    rows = {f.name: f for f in cuda_findings((12, 6))}  # JetPack 6: cuda-python 13 is too new
+    assert rows["cuda-python"].fix.endswith("pip install 'cuda-python>=12,<13'") and not rows["cuda-python"].runs
+    assert rows["pycuda"].fix is None and rows["pycuda"].runs == "TensorRT buffers (no CUDA graphs)"
 
 
 def test_the_extras_the_fixes_name_pin_cuda_python_to_their_cuda_major():
@@ -66,7 +79,8 @@ def test_doctor_reports_what_this_machine_has():
     else:
         assert "hdme[openvino]" in findings["openvino"].fix
     if importlib.util.find_spec("cuda") is not None and driver is None:
-        assert "none was found" in findings["cuda-python"].fix
+        # installed on a machine without a GPU: nothing runs, and nothing is broken
+        assert findings["cuda-python"].runs == NO_GPU and findings["cuda-python"].fix is None
 
     result = CliRunner().invoke(app, ["doctor"])
     assert result.exit_code == 0, result.output
