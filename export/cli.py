@@ -133,7 +133,7 @@ def trt_command(
 @export_app.command("openvino")
 def openvino_command(
     model: str = typer.Argument(DEFAULT_MODEL, help="FP32 .onnx file or shipped model name."),
-    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights stored in float16) | int8 (NNCF, calibrated on --calib)."),
+    precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights stored in float16) | int8 (the CPU Q/DQ layout of export quantize, calibrated on --calib)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output .xml, .bin beside it (default NAME[.PRECISION].openvino.xml beside the ONNX; here for a shipped model)."),
     calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
@@ -147,7 +147,14 @@ def openvino_command(
     src = source_onnx(model)
     out = out or default_output(src, precision, src.parent if Path(model).suffix else Path.cwd())
     calib_set = CalibrationSet(calib, count=calib_count) if precision == "int8" or calib.is_dir() else None
-    stats = export_openvino(src, out, precision, calib_set)
+    if precision == "int8":
+        from rich.progress import Progress
+
+        with Progress(console=make_console(stderr=True), transient=True) as progress:
+            task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
+            stats = export_openvino(src, out, precision, calib_set, progress=lambda: progress.advance(task))
+    else:
+        stats = export_openvino(src, out, precision, calib_set)
     typer.echo(f"wrote {out} and {out.with_suffix('.bin').name} ({precision})")
     on = f"{min(CHECK_IMAGES, len(calib_set))} calibration images" if calib_set is not None else "seeded noise"
     typer.echo(f"against {src.name} on {on}: " + "  ".join(f"{k} {stats[k]:.4f} px" for k in ERROR_STATS))

@@ -157,7 +157,7 @@ def _openvino(driver: tuple[int, int] | None) -> Finding:
         return Finding("openvino", "not installed", "", f"for the fastest x86 CPU engine: pip install {_extra('openvino')}")
     import openvino
 
-    # An FP32 model at the precisions the CPU computes; INT8 files (ONNX Q/DQ or NNCF IR) run everywhere.
+    # An FP32 model at the precisions the CPU computes; INT8 files (ONNX Q/DQ or an IR made from one) run everywhere.
     return Finding("openvino", openvino.__version__, "cpu: " + " ".join((*ENGINE_NAMES["openvino"].precisions(), "int8")))
 
 

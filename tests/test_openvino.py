@@ -1,5 +1,5 @@
 """The OpenVINO engine and its exporter: same outputs as ONNX Runtime at fp32, IR metadata read by
-the contract, NNCF INT8 from calibration images, one-line refusals, and the CLI paths."""
+the contract, INT8 from the calibrated CPU Q/DQ layout, one-line refusals, and the CLI paths."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from export_support import SIZE, calib_dir, heldout, tiny_export  # noqa: F401 (
 from typer.testing import CliRunner
 
 from hdme.cli import app
-from hdme.contract import model_metadata, model_precision
+from hdme.contract import METADATA_KEYS, model_metadata, model_precision
 from hdme.errors import HdmeError
 from hdme.runtime.backends import create_backend, resolve_model
 from runtime_support import textured_rgb, tiny_onnx, write_video
@@ -109,7 +109,10 @@ def test_export_writes_ir_whose_metadata_the_contract_reads(irs):
     renamed = int8.rename(int8.with_name("plain.xml"))
     int8.with_suffix(".bin").rename(renamed.with_suffix(".bin"))
     try:
-        assert model_precision(renamed) == "int8" and len(model_metadata(renamed)["calib_sha256"]) == 64
+        meta = model_metadata(renamed)
+        assert model_precision(renamed) == "int8" and len(meta["calib_sha256"]) == 64
+        assert meta["int8_target"] == "cpu"  # the CPU Q/DQ layout ONNX Runtime runs, read into the IR
+        assert set(meta) <= set(METADATA_KEYS)
     finally:
         renamed.rename(int8)
         renamed.with_suffix(".bin").rename(int8.with_suffix(".bin"))
