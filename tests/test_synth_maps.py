@@ -90,3 +90,20 @@ def test_fine_scenes_pack_more_occlusion_edges():
         return float(np.mean(shares))
 
     assert boundary_share(True) > 1.25 * boundary_share(False)
+
+
+def test_field_scenes_grow_sigma_gradually_up_to_their_maximum():
+    source = ImageListSource([np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)])
+    prior = SigmaDistribution("favour_small", max=10.0, small_max=3.0, small_prob=0.7)
+    middle = []
+    for seed in range(8):
+        rgb, sigma = draw_scene(96, np.random.default_rng(seed), source, prior, field_sigma_max=(3.0, 10.0))
+        assert rgb.shape == (96, 96, 3) and rgb.dtype == np.uint8
+        # the largest σ comes from the field range, not from the prior's mostly small draws
+        assert 3.0 - 1e-4 <= sigma.max() <= 10.0 and sigma.min() < 0.1
+        # gradual: steps over 0.5 px between neighbours only on the outlines of the few shapes
+        assert np.mean(np.abs(np.diff(sigma, axis=1)) > 0.5) < 0.05
+        middle.append(np.mean((sigma > 0.25 * sigma.max()) & (sigma < 0.75 * sigma.max())))
+    assert np.mean(middle) > 0.4  # the frame passes through the intermediate blur, not only its ends
+    again = draw_scene(96, np.random.default_rng(7), source, prior, field_sigma_max=(3.0, 10.0))
+    assert np.array_equal(again[1], sigma)

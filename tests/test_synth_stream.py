@@ -67,6 +67,12 @@ def test_recipe_files_match_the_presets_and_bad_recipes_are_one_line_errors(tmp_
         get_recipe(str(bad))
     with pytest.raises(HdmeError):
         get_recipe("no-such-recipe")
+    for value in ([5.0, 3.0], [0.0, 4.0], [3.0, 12.0], [3.0]):  # hi < lo, no blur, past the σ maximum, not a pair
+        bad.write_text(json.dumps({"data": {"field_scene_fraction": 0.2, "field_sigma_max": value}}))
+        with pytest.raises(HdmeError, match="field_sigma_max must be"):
+            get_recipe(str(bad))
+    field = get_recipe("hdme-field")
+    assert field.replace(name="hdme-broad", field_scene_fraction=0.0) == get_recipe("hdme-broad")
     # Training and away recipes share one check of each field they have in common.
     for kind in ({}, {"kind": "away", "scene": "leaves"}):
         for field, value in (("jpeg_quality", [90, 40]), ("jpeg_quality", [0, 50]), ("jpeg_quality", [40.5, 90]),

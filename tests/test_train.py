@@ -1,6 +1,7 @@
 import csv
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from hdme.errors import HdmeError  # noqa: E402
 from hdme.train import data as train_data  # noqa: E402
+from hdme.train.synth import RECIPES  # noqa: E402
 from hdme.train.trainer import TrainConfig, train  # noqa: E402
 
 TINY = dict(model="hdme-tiny", recipe="paper", batch=2, size=32, val_count=2, val_every=4, ckpt_every=4,
@@ -232,7 +234,7 @@ def test_init_and_bad_options(tmp_path):
     with pytest.raises(HdmeError, match="away from the training mix"):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "away-leaves"}))
     # a wrong name lists the recipes training takes, not the evaluation sets it refuses
-    with pytest.raises(HdmeError, match=r"nope: neither a recipe name \(paper, hdme, hdme-range, hdme-broad\) nor"):
+    with pytest.raises(HdmeError, match=re.escape(f"nope: neither a recipe name ({', '.join(RECIPES)}) nor")):
         train(TrainConfig(out=str(tmp_path / "c"), steps=1, **{**TINY, "recipe": "nope"}))
     away_file = tmp_path / "away.json"
     away_file.write_text(json.dumps({"data": {"kind": "away", "scene": "leaves"}}))

@@ -35,6 +35,8 @@ class SynthRecipe:
     scene_fraction: float = 0.0  # share of structured scenes; the rest are shuffled-pixel samples
     fine_scene_fraction: float = 0.0  # share of those scenes drawn with many small shapes (dense edges)
     depth_field_fraction: float = 0.0  # share of those scenes whose background is a photo on a smooth depth field
+    field_scene_fraction: float = 0.0  # share of scenes whose σ grows smoothly across the frame up to field_sigma_max
+    field_sigma_max: list[float] = field(default_factory=lambda: [3.0, 10.0])  # [lo, hi] px: a field scene's largest σ
     maps: dict[str, float] = field(default_factory=lambda: {"patch": 0.2, "gaussian": 0.4, "segment": 0.4})
     sigma: dict = field(default_factory=lambda: {"kind": "uniform", "max": 10.0})
     psf: dict[str, float] = field(default_factory=lambda: {"gaussian": 1.0})
@@ -55,8 +57,8 @@ class SynthRecipe:
                                   jpeg_quality_problem(self.jpeg_quality)))
         if self.noise not in NOISE_MODELS:
             problems.append(f"noise must be one of {NOISE_MODELS}")
-        for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "noise_probability",
-                    "jpeg_probability", "bayer_probability"):
+        for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "field_scene_fraction",
+                    "noise_probability", "jpeg_probability", "bayer_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
         if not 0.0 < self.render_error_8bit <= 8.0:
@@ -64,9 +66,13 @@ class SynthRecipe:
         if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
             problems.append("camera_sigma must be [lo, hi] px with 0 ≤ lo ≤ hi < 2")
         try:
-            self.sigma_distribution()
+            sigma_max = self.sigma_distribution().max
         except (TypeError, ValueError) as exc:
             problems.append(f"sigma: {exc}")
+        else:
+            lo_hi = self.field_sigma_max
+            if not (len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1] <= sigma_max):
+                problems.append(f"field_sigma_max must be [lo, hi] px with 0 < lo ≤ hi ≤ the σ maximum ({sigma_max:g})")
         if problems:
             raise HdmeError(f"recipe '{self.name}': " + "; ".join(problems))
 
@@ -118,6 +124,9 @@ RECIPES["hdme-range"] = dataclasses.replace(
 # do away from the mix from what the prior does at small σ (where `hdme-range` loses).
 RECIPES["hdme-broad"] = dataclasses.replace(
     RECIPES["hdme-range"], name="hdme-broad", sigma=dict(RECIPES["hdme"].sigma))
+# `hdme-broad` with a quarter of its scenes drawn as field scenes: σ growing gradually across a
+# photo from sharp to 3–10 px, which the other scenes (σ jumping between objects) lack.
+RECIPES["hdme-field"] = dataclasses.replace(RECIPES["hdme-broad"], name="hdme-field", field_scene_fraction=0.25)
 
 
 def recipe_from_dict(data: dict, name: str):
