@@ -106,3 +106,31 @@ def test_cached_sets_are_keyed_by_the_synthesis_code(tmp_path, monkeypatch):
     assert before == sets._cache_file(recipe, 32, 1)
     monkeypatch.setattr(sets, "synthesis_digest", lambda: "changed-code")
     assert sets._cache_file(recipe, 32, 1) != before  # a set rendered by other code is not reused
+
+
+def test_linear_light_samples_blur_light_and_then_encode_it(source):
+    from hdme.train.synth.noise import draw_noise
+    from hdme.train.synth.render import linear_to_srgb, srgb_to_linear
+    from hdme.train.synth.stream import SynthDraw, draw_batch, render_clean
+
+    values = torch.linspace(0, 1, 101)
+    assert torch.allclose(linear_to_srgb(srgb_to_linear(values)), values, atol=1e-6)
+    # a black/white step edge, blurred once in sRGB values and once in linear light
+    edge = torch.zeros(2, 64, 64, 3, dtype=torch.uint8)
+    edge[:, :, 32:] = 255
+    recipe = get_recipe("hdme-field-linear").replace(camera_sigma=None)
+    draw = SynthDraw(edge, torch.full((2, 64, 64), 4.0), ["scene", "scene"], ["gaussian", "gaussian"], None,
+                     draw_noise(2, "camera", np.random.default_rng(0), 0.0, 0.0, 0.0, (90, 95)),
+                     torch.tensor([False, True]))
+    batch = render_clean(recipe, draw, torch.Generator().manual_seed(0))
+    plain, light = batch.image[0, 0, 32], batch.image[1, 0, 32]
+    # at the edge half the light arrives: sRGB 0.5 when blurred in sRGB, 0.735 when blurred as light
+    assert abs(float(plain[31:33].mean()) - 0.5) < 0.02 and abs(float(light[31:33].mean()) - 0.735) < 0.02
+    assert torch.equal(batch.sharp, batch.source)  # the sharp image stays as the scene was drawn
+    # the recipe draws linear light for about its share of samples, and older recipes draw none
+    share = float(draw_batch(recipe, 32, 64, np.random.default_rng(3), as_source(source)).linear.float().mean())
+    assert 0.3 < share < 0.7
+    assert draw_batch(get_recipe("hdme"), 32, 4, np.random.default_rng(3), as_source(source)).linear is None
+    bad = recipe.to_dict() | {"linear_light_probability": 1.5}
+    with pytest.raises(HdmeError, match="linear_light_probability must be within"):
+        get_recipe("hdme").replace(**{k: v for k, v in bad.items() if k != "name"})

@@ -26,7 +26,7 @@ import torch
 from hdme.errors import HdmeError
 from hdme.train.synth.noise import jpeg, jpeg_quality_problem
 from hdme.train.synth.recipe import weights_problem
-from hdme.train.synth.render import PSF_SHAPES, render_defocus
+from hdme.train.synth.render import PSF_SHAPES, linear_to_srgb, render_defocus, srgb_to_linear
 from hdme.train.synth.scenes import _octave_noise, _shape_mask, _sharp_photo
 from hdme.train.synth.stream import choose
 from hdme.train.synth.maps import synthetic_inverse_depth
@@ -71,16 +71,6 @@ AWAY_RECIPES: dict[str, AwayRecipe] = {
     "away-large": AwayRecipe("away-large", "leaves", psf={"gaussian": 0.25, "disc": 0.25, "hexagon": 0.25, "ring": 0.25},
                              sigma_max=30.0, noise="linear"),
 }
-
-
-def srgb_to_linear(x: np.ndarray | torch.Tensor):
-    return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4) if isinstance(x, np.ndarray) else \
-        torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0) + 0.055) / 1.055) ** 2.4)
-
-
-def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
-    x = x.clamp(0.0, 1.0)
-    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.pow(1.0 / 2.4) - 0.055)
 
 
 def equalise(inv_depth: np.ndarray) -> np.ndarray:

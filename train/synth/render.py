@@ -38,6 +38,17 @@ _PROFILES = {"ring": (0.25, 1.0), "dimrim": (1.0, 0.3)}
 _APERTURE_MIN_SIGMA = 1.0  # px: smaller iris and profiled PSFs are an impulse mixed with this one
 
 
+def srgb_to_linear(x: torch.Tensor) -> torch.Tensor:
+    """sRGB-encoded values in [0, 1] → linear light (the IEC 61966-2-1 curve)."""
+    return torch.where(x <= 0.04045, x / 12.92, ((x.clamp(min=0) + 0.055) / 1.055) ** 2.4)
+
+
+def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
+    """Linear light → sRGB-encoded values in [0, 1], clipped as a camera's output is."""
+    x = x.clamp(0.0, 1.0)
+    return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.pow(1.0 / 2.4) - 0.055)
+
+
 def gaussian_radius(sigma: float) -> int:
     """Half-width of OpenCV's Gaussian kernel for float images: ksize = round(8σ + 1) | 1."""
     return (int(round(sigma * 8 + 1)) | 1) // 2

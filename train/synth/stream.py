@@ -15,7 +15,7 @@ import torch
 from hdme.train.synth.maps import make_map
 from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
-from hdme.train.synth.render import render_defocus
+from hdme.train.synth.render import linear_to_srgb, render_defocus, srgb_to_linear
 from hdme.train.synth.scenes import draw_scene
 from hdme.train.synth.shuffle import shuffle_pixels
 from hdme.train.synth.sources import as_source
@@ -43,6 +43,7 @@ class SynthDraw:
     psf: list[str]
     camera_sigma: torch.Tensor | None  # float32 [B] px
     noise: NoiseDraw
+    linear: torch.Tensor | None = None  # bool [B]: blurred in linear light
 
     def pin_memory(self) -> "SynthDraw":
         """Page-locked copies (a DataLoader calls this), so the copy to the device runs asynchronously."""
@@ -107,7 +108,10 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         camera_sigma = torch.from_numpy(rng.uniform(*recipe.camera_sigma, count).astype(np.float32))
     noise = draw_noise(count, recipe.noise, rng, recipe.noise_probability, recipe.jpeg_probability,
                        recipe.bayer_probability, tuple(recipe.jpeg_quality))
-    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise)
+    linear = None  # drawn last and only where asked for, so older recipes keep their streams
+    if recipe.linear_light_probability > 0:
+        linear = torch.from_numpy(rng.random(count) < recipe.linear_light_probability)
+    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise, linear)
 
 
 def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
@@ -128,8 +132,12 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         cam = camera_sigma[:, None, None, None]
         # keep the label inside the trained range: √(σ² + σ_cam²) ≤ σ_max
         sigma = torch.minimum(sigma, (recipe.sigma_distribution().max ** 2 - cam**2).sqrt())
-    image = render_defocus(sharp, sigma, psf=draw.psf, camera_sigma=camera_sigma,
+    linear = None if draw.linear is None else draw.linear.to(device)[:, None, None, None]
+    light = sharp if linear is None else torch.where(linear, srgb_to_linear(sharp), sharp)
+    image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=camera_sigma,
                            max_error=recipe.render_error_8bit / 255.0)
+    if linear is not None:
+        image = torch.where(linear, linear_to_srgb(image), image)
     if camera_sigma is not None:
         sigma = (sigma.square() + camera_sigma[:, None, None, None].square()).sqrt()
     return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, draw.psf, camera_sigma)
