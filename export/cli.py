@@ -4,6 +4,7 @@ Only typer and the core are imported here; torch, onnx and TensorRT inside each 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import List, Optional
 
@@ -70,34 +71,52 @@ def quantize_command(
     out = out or q.default_output(onnx_file, precision, target)
     if out.resolve() == onnx_file.resolve():
         raise HdmeError(f"{out}: the output would overwrite the input")
-    calib_set = None
-    if precision == "int8":  # checked before the slow held-out set is made
-        from hdme.export.calibration import CalibrationSet, default_calibration_folder
-
-        if calib is None:
-            try:
-                calib = default_calibration_folder()
-            except HdmeError as exc:
-                raise HdmeError(f"{exc}; pass --calib DIR") from None
-        calib_set = CalibrationSet(calib, count=calib_count)
+    # checked before the slow held-out set is made
+    calib_set = _calibration_set(calib, calib_count, required=True) if precision == "int8" else None
     heldout = heldout_set(with_count(eval_set, eval_count))  # before writing anything: it may be unavailable
     if precision == "fp16":
         used = q.convert_fp16(onnx_file, out, backend=backend, exclude=exclude)
         settings = {"precision": "fp16", "backend": used}
     else:
-        from rich.progress import Progress
-
         method = q.calibration_method(method, target, backend)
-        with Progress(console=make_console(stderr=True), transient=True) as progress:
-            task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
+        with _calibration_progress(calib_set) as advance:
             used = q.quantize_int8(
                 onnx_file, out, calib_set, method=method, target=target, backend=backend,
-                exclude=exclude, keep_head=keep_head, progress=lambda: progress.advance(task),
+                exclude=exclude, keep_head=keep_head, progress=advance,
             )
         settings = {"precision": "int8", "target": target, "method": method, "backend": used,
-                    "calib": str(calib), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
+                    "calib": str(calib_set.folder), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
     _report_accuracy(onnx_file, out, settings, heldout)
+
+
+def _calibration_set(calib: Optional[Path], count: Optional[int], required: bool):
+    """The images of --calib, else calib_data/ of the source tree; None where neither is given or
+    there and none is required."""
+    from hdme.errors import HdmeError
+    from hdme.export.calibration import CalibrationSet, default_calibration_folder
+
+    if calib is None:
+        try:
+            calib = default_calibration_folder()
+        except HdmeError as exc:
+            if not required:
+                return None
+            raise HdmeError(f"{exc}; pass --calib DIR") from None
+    return CalibrationSet(calib, count=count)
+
+
+@contextmanager
+def _calibration_progress(calib_set):
+    """A progress bar over ``calib_set`` (none when it is None); yields the per-image callback."""
+    if calib_set is None:
+        yield None
+        return
+    from rich.progress import Progress
+
+    with Progress(console=make_console(stderr=True), transient=True) as progress:
+        task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
+        yield lambda: progress.advance(task)
 
 
 def _report_accuracy(reference: Path, candidate: Path, settings: dict, heldout) -> None:
@@ -135,26 +154,19 @@ def openvino_command(
     model: str = typer.Argument(DEFAULT_MODEL, help="FP32 .onnx file or shipped model name."),
     precision: str = typer.Option("fp32", "--precision", help="fp32 | fp16 (weights stored in float16) | int8 (the CPU Q/DQ layout of export quantize, calibrated on --calib)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output .xml, .bin beside it (default NAME[.PRECISION].openvino.xml beside the ONNX; here for a shipped model)."),
-    calib: Path = typer.Option(Path("calib_data"), "--calib", help="Folder of calibration images (INT8)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Folder of calibration images for INT8, and for the comparison with the ONNX (default: calib_data/ of the source tree; seeded noise where there is none)."),
     calib_count: Optional[int] = typer.Option(None, "--calib-count", help="Use the first N calibration images."),
 ) -> None:
     """ONNX → OpenVINO IR for x86 CPUs, its precision and the ONNX's metadata in the IR's rt_info;
     prints its difference from the ONNX in σ px."""
-    from hdme.export.calibration import CalibrationSet
     from hdme.export.openvino import CHECK_IMAGES, default_output, export_openvino, source_onnx
     from hdme.metrics import ERROR_STATS
 
     src = source_onnx(model)
     out = out or default_output(src, precision, src.parent if Path(model).suffix else Path.cwd())
-    calib_set = CalibrationSet(calib, count=calib_count) if precision == "int8" or calib.is_dir() else None
-    if precision == "int8":
-        from rich.progress import Progress
-
-        with Progress(console=make_console(stderr=True), transient=True) as progress:
-            task = progress.add_task(f"calibrating on {len(calib_set)} images", total=len(calib_set))
-            stats = export_openvino(src, out, precision, calib_set, progress=lambda: progress.advance(task))
-    else:
-        stats = export_openvino(src, out, precision, calib_set)
+    calib_set = _calibration_set(calib, calib_count, required=precision == "int8")
+    with _calibration_progress(calib_set if precision == "int8" else None) as advance:
+        stats = export_openvino(src, out, precision, calib_set, progress=advance)
     typer.echo(f"wrote {out} and {out.with_suffix('.bin').name} ({precision})")
     on = f"{min(CHECK_IMAGES, len(calib_set))} calibration images" if calib_set is not None else "seeded noise"
     typer.echo(f"against {src.name} on {on}: " + "  ".join(f"{k} {stats[k]:.4f} px" for k in ERROR_STATS))

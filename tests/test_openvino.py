@@ -191,3 +191,20 @@ def test_cli_predict_run_and_bench_on_openvino(onnx_path, tmp_path):
     assert result.exit_code == 0, result.output
     runs = json.loads((tmp_path / "acc.json").read_text())["runs"]
     assert [r["label"] for r in runs] == ["tiny.onnx · openvino · fp32 · flip"]
+
+
+def test_cli_int8_export_calibrates_on_the_source_trees_images_from_any_folder(onnx_path, tmp_path, monkeypatch):
+    from hdme.export import calibration
+
+    monkeypatch.chdir(tmp_path)  # a folder without calib_data/
+    result = CliRunner().invoke(app, ["export", "openvino", str(onnx_path), "--precision", "int8", "--calib-count", "2",
+                                      "--out", str(tmp_path / "m.xml")])
+    assert result.exit_code == 0, result.output
+    assert "on 2 calibration images" in result.output and (tmp_path / "m.bin").is_file()
+    # An installed package has no calib_data/: INT8 asks for --calib, FP32 compares on seeded noise.
+    monkeypatch.setattr(calibration, "__file__", str(tmp_path / "site-packages" / "hdme" / "export" / "calibration.py"))
+    result = CliRunner().invoke(app, ["export", "openvino", str(onnx_path), "--precision", "int8", "--out", str(tmp_path / "n.xml")])
+    assert isinstance(result.exception, HdmeError) and "--calib DIR" in str(result.exception)
+    assert not (tmp_path / "n.xml").exists()
+    result = CliRunner().invoke(app, ["export", "openvino", str(onnx_path), "--out", str(tmp_path / "f.xml")])
+    assert result.exit_code == 0 and "on seeded noise" in result.output, result.output

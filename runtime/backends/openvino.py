@@ -1,9 +1,10 @@
 """OpenVINO: ONNX files and OpenVINO IR (``hdme export openvino``) on x86 CPUs.
 
 An FP32 or FP16 model runs at fp32, or at bf16 (or fp16) where the CPU has the arithmetic for it
-(OpenVINO's ``INFERENCE_PRECISION_HINT``); an INT8 model (an IR from ``hdme export openvino``, or ONNX Q/DQ) runs at int8. With
-no precision asked for, an FP32 model runs at bf16 where the CPU has it: on hdme-edge that is
-within 0.001 MAE (σ/10) of fp32 and 3–4× faster on CPUs with AMX (figures in the README).
+(OpenVINO's ``INFERENCE_PRECISION_HINT``); an INT8 model (an IR from ``hdme export openvino``, or
+ONNX Q/DQ) runs at int8. With no precision asked for, an FP32 model runs at bf16 where the CPU has
+it: on hdme-edge that is within 0.001 MAE (σ/10) of fp32 and 3–4× faster on CPUs with AMX (figures
+in the README).
 """
 
 from __future__ import annotations
