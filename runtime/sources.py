@@ -142,20 +142,22 @@ class VideoFileSource(Source):
 class LiveSource(Source):
     """A capture thread over any OpenCV-like capture (``read() -> (ok, frame)``, ``release()``)
     made by ``opener`` (None when it cannot open). Keeps only the latest frame; connects, and
-    reconnects when reads fail ``fail_reads`` times in a row, with back-off (``backoff`` s
-    doubling up to ``max_backoff``); gives up after ``max_reconnects`` attempts in a row (None: never)."""
+    reconnects when reads fail ``fail_reads`` times in a row, or once after waiting ``stall_s`` or
+    longer (a stream that went silent: FFmpeg gives up on one after 30 s, and three such reads took
+    90 s to notice), with back-off (``backoff`` s doubling up to ``max_backoff``); gives up after
+    ``max_reconnects`` attempts in a row (None: never)."""
 
     live = True
     close_timeout = 5.0  # s that close() waits for the capture thread; a slower open still ends with a release
 
     def __init__(self, opener: Callable[[], object | None], description: str,
                  on_message: Callable[[str], None] = print, backoff: float = 0.5, max_backoff: float = 8.0,
-                 fail_reads: int = 3, max_reconnects: int | None = None) -> None:
+                 fail_reads: int = 3, max_reconnects: int | None = None, stall_s: float = 5.0) -> None:
         super().__init__(description)
         self.opener = opener
         self.on_message = on_message
         self.backoff, self.max_backoff = backoff, max_backoff
-        self.fail_reads = fail_reads
+        self.fail_reads, self.stall_s = fail_reads, stall_s
         self.max_reconnects = max_reconnects
         self.reconnects = 0
         self._cap = None
@@ -219,10 +221,12 @@ class LiveSource(Source):
             return
         failures = 0
         while not self._stop.is_set():
+            started = time.perf_counter()
             ok, image = self._cap.read()
             if not ok or image is None or not getattr(image, "size", 0):
                 failures += 1
-                if failures < self.fail_reads:
+                stalled = time.perf_counter() - started >= self.stall_s
+                if failures < self.fail_reads and not stalled:
                     self.corrupt += 1
                     continue
                 self._cap.release()

@@ -232,6 +232,39 @@ def test_live_source_reconnects_with_back_off():
         source.close()
 
 
+class SilentStream(FakeCamera):
+    """A stream whose server goes silent after ``unplug_after`` frames: each read then waits
+    ``wait`` s before it fails, as FFmpeg's read timeout does."""
+
+    def __init__(self, counter: list[int], unplug_after: int, wait: float) -> None:
+        super().__init__(counter, unplug_after=unplug_after)
+        self.wait, self.silent_reads = wait, 0
+
+    def read(self):
+        if self.left is not None and self.left <= 0:
+            self.silent_reads += 1
+            time.sleep(self.wait)
+            return False, None
+        return super().read()
+
+
+def test_live_source_reconnects_after_one_read_that_waited_in_vain():
+    counter, streams, messages = [0], [], []
+
+    def opener():
+        streams.append(SilentStream(counter, unplug_after=3 if not streams else None, wait=0.3))
+        return streams[-1]
+
+    source = LiveSource(opener, "rtsp stream", on_message=messages.append, backoff=0.01, stall_s=0.2)
+    try:
+        seen = [frame_number(source.read()) for _ in range(6)]
+        assert seen == sorted(seen) and len(streams) == 2
+        assert streams[0].silent_reads == 1 and streams[0].released  # not fail_reads (3) waits
+        assert messages[-1] == "rtsp stream: reconnected"
+    finally:
+        source.close()
+
+
 def test_live_source_gives_up_after_max_reconnects():
     counter = [0]
     calls = []
