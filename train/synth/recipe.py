@@ -131,7 +131,7 @@ RECIPES["hdme-field"] = dataclasses.replace(RECIPES["hdme-broad"], name="hdme-fi
 # `hdme-field` with half of its samples blurred in linear light: a lens spreads light, and the
 # camera's tone curve comes after, so a blurred edge between bright and dark is brighter and its
 # dark side narrower than a blur of the sRGB values; on dead leaves with smoothly varying σ the
-# release read 7–10 px 0.9 px lower there than on the same scenes blurred in sRGB.
+# stage-6 release read 7–10 px 0.9 px lower there than on the same scenes blurred in sRGB.
 RECIPES["hdme-field-linear"] = dataclasses.replace(RECIPES["hdme-field"], name="hdme-field-linear",
                                                    linear_light_probability=0.5)
 
