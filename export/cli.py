@@ -139,7 +139,7 @@ def trt_command(
     shapes: str = typer.Option(DEFAULT_SHAPES, "--shapes", help="Optimisation profile min:opt:max (NxCxHxW); sides are multiples of the network's multiple (32 for the shipped models), to which the runtime pads frames: 720p runs at 736x1280."),
     workspace: float = typer.Option(2.0, "--workspace", help="Builder workspace in GiB."),
     timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="Timing cache file, read if present and updated."),
-    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for INT8 from an FP32 ONNX (TensorRT 10)."),
+    calib: Optional[Path] = typer.Option(None, "--calib", help="Calibration images for INT8 from an FP32 ONNX (TensorRT 10; default: calib_data/ of the source tree)."),
     calib_cache: Optional[Path] = typer.Option(None, "--calib-cache", help="Calibration cache file (default: ENGINE.calib)."),
 ) -> None:
     """Build a TensorRT engine (TensorRT ≥ 10, NVIDIA GPU)."""

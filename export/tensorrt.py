@@ -206,13 +206,11 @@ def build_engine(
     kind, mode = build_mode(onnx_precision(model), precision, major)
     calib = calib_shape = None
     if mode == "flags" and kind == "int8":
-        from hdme.export.calibration import CALIB_SIZE, CalibrationSet
+        from hdme.export.calibration import CALIB_SIZE, CalibrationSet, default_calibration_folder
 
-        if calib_dir is None:
-            raise HdmeError("INT8 from an FP32 ONNX needs a folder of calibration images (or an ONNX quantised first)")
         calib_shape = calibration_shape(dims, CALIB_SIZE)
         validate_profile(Profile(calib_shape, calib_shape, calib_shape), multiple, dims)
-        calib = CalibrationSet(calib_dir, size=calib_shape[2:])
+        calib = CalibrationSet(calib_dir if calib_dir is not None else default_calibration_folder(), size=calib_shape[2:])
     calib_sha = calib.sha256 if calib is not None else metadata(model).get("calib_sha256")
 
     logger = trt.Logger(trt.Logger.WARNING)
