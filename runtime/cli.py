@@ -45,6 +45,17 @@ def _engine_options(provider: Optional[str], threads: int) -> dict[str, dict]:
     return {e.name: _backend_options(e.name, provider if "provider" in e.options else None, threads) for e in ENGINES}
 
 
+EXTEND_RANGE_HELP = "Also estimate at 1/2 and 1/4 scale and merge, so blur beyond 10 px reads up to about 40 px (about 1.3× the compute)."
+SATURATED_SHARE = 0.01  # of a map's pixels at the top of the range before hdme says so
+
+
+def _warn_saturated(what: str, extend_range: bool) -> None:
+    """One yellow line: ``what`` reads at the top of the range, so the blur may be larger than it says."""
+    hint = "" if extend_range else " (--extend-range reads up to about 40 px)"
+    typer.secho(f"  {what} at the top of the range: the blur there may be larger than it reads{hint}",
+                fg=typer.colors.YELLOW, err=True)
+
+
 def predict_command(
     inputs: List[str] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", help="Output folder for NAME.npy and NAME.png."),
@@ -55,7 +66,7 @@ def predict_command(
     max_side: Optional[int] = typer.Option(None, "--max-side", help="Downscale images whose longer side exceeds N px."),
     tile: Optional[int] = typer.Option(None, "--tile", help="Process images larger than N px in overlapping N px tiles."),
     tta: Optional[str] = typer.Option(None, "--tta", help=TTA_HELP + " Default: flip."),
-    extend_range: bool = typer.Option(False, "--extend-range", help="Also estimate at 1/2 and 1/4 scale and merge, so blur beyond 10 px reads up to about 40 px (about 1.3× the compute)."),
+    extend_range: bool = typer.Option(False, "--extend-range", help=EXTEND_RANGE_HELP),
     formats: List[str] = typer.Option(["npy", "png"], "--format", help="npy (σ px, float32) and/or png (picture); repeatable."),
     scale_max: float = typer.Option(10.0, "--scale-max", help="The PNG picture's colour scale runs from 0 to this σ, px."),
     provider: Optional[str] = typer.Option(None, "--provider", help="ONNX Runtime provider: cpu | cuda | tensorrt."),
@@ -86,10 +97,8 @@ def predict_command(
     def report(result) -> None:
         if result.ok:
             typer.echo(f"{result.source}: {result.message}, {result.ms:.0f} ms")
-            if result.saturated >= 0.01:
-                hint = "" if extend_range else " (--extend-range reads up to about 40 px)"
-                typer.secho(f"  {result.saturated:.0%} of pixels at the top of the range: blur there may be larger "
-                            f"than the map says{hint}", fg=typer.colors.YELLOW, err=True)
+            if result.saturated >= SATURATED_SHARE:
+                _warn_saturated(f"{result.saturated:.0%} of pixels", extend_range)
         else:
             typer.secho(f"failed {result.message}", fg=typer.colors.RED, err=True)
 
@@ -381,11 +390,15 @@ def focus_sweep_command(
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     plot: Optional[Path] = typer.Option(None, "--plot", help="PNG plot of σ per frame."),
     json_path: Optional[Path] = typer.Option(None, "--json", help="Write the curves and focus positions as JSON."),
+    extend_range: bool = typer.Option(False, "--extend-range", help=EXTEND_RANGE_HELP),
 ) -> None:
     """Autofocus from a focus sweep: the frame (and sub-frame position) of minimum σ per point."""
     from hdme.runtime.focus import run_focus_sweep
 
-    run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path)
+    result = run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path, extend_range)
+    for t in result["targets"]:
+        if t["saturated_frames"]:
+            _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {len(t['sigma'])} frames", extend_range)
 
 
 def depth_command(
@@ -399,11 +412,14 @@ def depth_command(
     model: Optional[str] = typer.Option(None, "--model", help=MODEL_HELP),
     backend: str = typer.Option("auto", "--backend", help=BACKEND_HELP),
     out: Optional[Path] = typer.Option(None, "--out", help="Write near_m, far_m and sigma_px maps to FILE.npz."),
+    extend_range: bool = typer.Option(False, "--extend-range", help="For images: " + EXTEND_RANGE_HELP),
 ) -> None:
     """Thin-lens distance from σ (paper Eq. 2): both the near and the far solution."""
     from hdme.runtime.focus import Lens, run_depth
 
-    run_depth(source, Lens(focal_mm, f_number, pixel_um, focus_m), method, model, backend, points, out)
+    result = run_depth(source, Lens(focal_mm, f_number, pixel_um, focus_m), method, model, backend, points, out, extend_range)
+    if result["saturated"] is not None and result["saturated"] >= SATURATED_SHARE:
+        _warn_saturated(f"{result['saturated']:.0%} of pixels", extend_range)
 
 
 def doctor_command() -> None:

@@ -112,6 +112,8 @@ def is_unimodal(curve: np.ndarray, tolerance: float | None = None) -> bool:
 def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict:
     """σ of each target in each frame (``frames``: RGB uint8 arrays), the in-focus frame per target,
     and whether each curve is unimodal."""
+    from hdme.runtime.predict import range_top
+
     rows = []
     for frame in frames:
         rows.append(sample_sigma(np.asarray(predictor.predict(frame)), targets))
@@ -120,6 +122,7 @@ def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict
     if len(rows) < 3:
         raise HdmeError(f"a focus sweep needs at least 3 frames, got {len(rows)}")
     sigma = np.stack(rows)
+    top = range_top(predictor)
     result = {"targets": [], "sigma": sigma.round(4).tolist()}
     for i, target in enumerate(targets):
         curve = sigma[:, i]
@@ -137,6 +140,9 @@ def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict
                 "min_sigma": float(curve[frame]),
                 "at_sweep_end": frame in (0, len(curve) - 1),
                 "unimodal": is_unimodal(curve),
+                # Frames where the point reads at the top of the predictor's range: its blur there
+                # may be larger, and the curve flattens instead of rising.
+                "saturated_frames": int(np.sum(curve >= top)),
             }
         )
     return result
@@ -171,7 +177,7 @@ def plot_sweep(result: dict, frame_names: list[str], path: str | os.PathLike) ->
 
 
 def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, method: str, model: str | None,
-                        backend: str, plot: Path | None, json_path: Path | None) -> dict:
+                    backend: str, plot: Path | None, json_path: Path | None, extend_range: bool = False) -> dict:
     """``hdme focus-sweep``: read the frames, run the sweep, print, plot, write JSON."""
     from rich.progress import track
     from rich.table import Table
@@ -189,7 +195,8 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
     paths = expand_inputs(frames)
     if len(paths) < 3:
         raise HdmeError(f"a focus sweep needs at least 3 frames, got {len(paths)}")
-    predictor = predictor_for(method, model, backend, report=lambda line: console.print(line, style="yellow"))
+    predictor = predictor_for(method, model, backend, report=lambda line: console.print(line, style="yellow"),
+                              extend_range=extend_range)
     images = (read_image(p) for p in paths)
     result = focus_sweep(track(images, total=len(paths), description="sweep", console=console, transient=True), targets, predictor)
     result["frames"] = [str(p) for p in paths]
@@ -264,30 +271,38 @@ def distances_from_sigma(sigma_px: np.ndarray, lens: Lens) -> tuple[np.ndarray, 
     return near, far
 
 
-def _load_sigma_or_predict(path: Path, method: str, model: str | None, backend: str, report) -> np.ndarray:
+def _load_sigma_or_predict(path: Path, method: str, model: str | None, backend: str, report,
+                           extend_range: bool = False) -> tuple[np.ndarray, float | None]:
+    """The σ map of ``path`` and, when it was predicted here, the share of its pixels at the top of
+    the predictor's range (None for a map read from a file: how it was made is not known)."""
     import cv2
 
     from hdme.conventions import load_sigma_map
     from hdme.images import read_image
     from hdme.runtime.classic import predictor_for
+    from hdme.runtime.predict import saturated_share
 
     if path.suffix.lower() == ".npy":
-        return load_sigma_map(path)
+        return load_sigma_map(path), None
     if path.suffix.lower() == ".png" and path.is_file():
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is not None and raw.dtype == np.uint16 and raw.ndim == 2:
-            return load_sigma_map(path)
-    return predictor_for(method, model, backend, report=report).predict(read_image(path))
+            return load_sigma_map(path), None
+    predictor = predictor_for(method, model, backend, report=report, extend_range=extend_range)
+    sigma = predictor.predict(read_image(path))
+    return sigma, saturated_share(sigma, predictor)
 
 
-def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend: str, points: str | None, out: Path | None) -> dict:
+def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend: str, points: str | None, out: Path | None,
+              extend_range: bool = False) -> dict:
     """``hdme depth``: σ map (given, or predicted from an image) → near and far distance maps."""
     from rich.table import Table
 
     if out is not None and out.suffix.lower() != ".npz":
         raise HdmeError(f"{out}: depth maps are written as .npz (arrays near_m, far_m, sigma_px)")
     console = make_console(stderr=True)
-    sigma = _load_sigma_or_predict(source, method, model, backend, lambda line: console.print(line, style="yellow"))
+    sigma, saturated = _load_sigma_or_predict(source, method, model, backend, lambda line: console.print(line, style="yellow"),
+                                              extend_range)
     near, far = distances_from_sigma(sigma, lens)
     infinity_sigma = float(sigma_at_distance(np.array([np.inf]), lens)[0])
     targets = parse_targets(points, None) if points else []
@@ -315,4 +330,4 @@ def run_depth(source: Path, lens: Lens, method: str, model: str | None, backend:
             with open(tmp, "wb") as fh:
                 np.savez_compressed(fh, near_m=near.astype(np.float32), far_m=far.astype(np.float32), sigma_px=sigma.astype(np.float32))
         console.print(f"depth maps: {out}")
-    return {"near_m": near, "far_m": far, "sigma_px": sigma, "sigma_at_infinity": infinity_sigma}
+    return {"near_m": near, "far_m": far, "sigma_px": sigma, "sigma_at_infinity": infinity_sigma, "saturated": saturated}

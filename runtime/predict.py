@@ -64,9 +64,15 @@ def blend_window(h: int, w: int, overlap: int) -> np.ndarray:
     return np.outer(ramp(h), ramp(w))
 
 
-def saturated_share(sigma: np.ndarray, range_max: float = SIGMA_MAX) -> float:
-    """Share of pixels at the top of the range ``range_max`` px, where σ may be larger than it reads."""
-    return float(np.mean(sigma >= SATURATION_LEVEL * range_max))
+def range_top(predictor) -> float:
+    """σ px from which ``predictor``'s last map reads at the top of its range, where the blur may be
+    larger than it reads (predictors without a ``last_range_max`` read up to SIGMA_MAX)."""
+    return SATURATION_LEVEL * getattr(predictor, "last_range_max", SIGMA_MAX)
+
+
+def saturated_share(sigma: np.ndarray, predictor) -> float:
+    """Share of the pixels of ``predictor``'s last map ``sigma`` at the top of its range."""
+    return float(np.mean(sigma >= range_top(predictor)))
 
 
 def merge_scales(sigma: np.ndarray, coarse: dict[int, np.ndarray]) -> np.ndarray:
@@ -305,7 +311,7 @@ def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FO
             h, w = rgb.shape[:2]
             message = plan.describe(h, w) if plan else "one pass"
             result = PredictResult(path, True, message, (h, w), float(sigma.mean()), float(sigma.max()),
-                                   saturated_share(sigma, getattr(predictor, "last_range_max", SIGMA_MAX)), ms, outputs)
+                                   saturated_share(sigma, predictor), ms, outputs)
         except HdmeError as exc:
             message = str(exc)
             result = PredictResult(path, False, message if message.startswith(str(path)) else f"{path}: {message}")

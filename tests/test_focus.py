@@ -128,3 +128,40 @@ def test_cli_focus_sweep_and_depth(tmp_path):
     lens = Lens(50.0, 2.0, 5.0, 2.0)
     assert np.allclose(sigma_at_distance(maps["near_m"], lens), 2.0, rtol=1e-5)
     assert np.allclose(sigma_at_distance(maps["far_m"], lens), 2.0, rtol=1e-5)
+
+
+def test_cli_sweep_and_depth_say_where_blur_tops_the_range_and_extend_range_reads_past_it(tmp_path):
+    """The shipped model on a sweep whose ends are blurred far past 10 px: its curve flattens near
+    9 px there and the CLI says so; with --extend-range the ends keep rising and nothing is said."""
+    from hdme.cli import app
+
+    rng = np.random.default_rng(0)
+    scene = np.full((256, 256, 3), 128, np.uint8)
+    for _ in range(200):
+        centre, radius = tuple(int(v) for v in rng.integers(0, 256, 2)), int(rng.integers(5, 30))
+        cv2.circle(scene, centre, radius, tuple(int(v) for v in rng.integers(0, 256, 3)), -1)
+    sigmas = [24.0, 6.0, 0.5, 6.0, 24.0]
+    for k, s in enumerate(sigmas):
+        cv2.imwrite(str(tmp_path / f"frame_{k}.png"), cv2.GaussianBlur(scene, (0, 0), s))
+    runner = CliRunner()
+    curves = {}
+    for extend in (False, True):
+        out_json = tmp_path / f"sweep_{extend}.json"
+        args = ["focus-sweep", *sorted(str(p) for p in tmp_path.glob("frame_*.png")), "--regions", "64,64,128,128",
+                "--method", "hdme", "--backend", "onnxruntime", "--json", str(out_json)] + (["--extend-range"] if extend else [])
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.output
+        (target,) = json.loads(out_json.read_text())["targets"]
+        assert target["focus_frame"] == 2 and target["unimodal"]
+        curves[extend] = target["sigma"]
+        warned = "reads in 2 of 5 frames at the top of the range" in result.output
+        assert warned == (not extend) and (target["saturated_frames"] == 2) == (not extend), result.output
+    assert max(curves[False]) < 10.0 and min(curves[True][0], curves[True][4]) > 15.0
+    np.testing.assert_allclose(curves[True][1:4], curves[False][1:4], atol=0.05)  # the coarse scales stay out below 6 px
+
+    args = ["depth", str(tmp_path / "frame_0.png"), "--focal-mm", "50", "--f-number", "2", "--pixel-um", "5", "--focus-m", "2",
+            "--method", "hdme", "--backend", "onnxruntime"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "of pixels at the top of the range" in result.output and "--extend-range reads" in result.output
+    result = runner.invoke(app, [*args, "--extend-range"])
+    assert result.exit_code == 0 and "top of the range" not in result.output
