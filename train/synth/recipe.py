@@ -135,10 +135,10 @@ RECIPES["hdme-field"] = dataclasses.replace(RECIPES["hdme-broad"], name="hdme-fi
 RECIPES["hdme-field-linear"] = dataclasses.replace(RECIPES["hdme-field"], name="hdme-field-linear",
                                                    linear_light_probability=0.5)
 # `hdme-field-linear` with more of its pixels at large σ: half of the scenes are field scenes, their
-# largest σ drawn from 6–10 px, and half of the σ draws (not 70 %) kept under 3 px. Under an L1 loss a
-# region whose blur is hard to read gets the median σ of the regions like it, so with 4 % of the
-# pixels at 7–10 px those read 6.5 px for 8.0 on the recipe's own validation, and no more steps
-# moved it; this recipe has 8 % there, and 10 % at 5–7 px (5 % before), 29 % under 1 px (43 %).
+# largest σ drawn from 6–10 px, and half of the σ draws (not 70 %) kept under 3 px: 8 % of the pixels
+# at 7–10 px (4 % before), 10 % at 5–7 px (5 %), 29 % under 1 px (43 %). It asks whether few examples
+# keep 7–10 px at 6.5 px for 8.0 on `hdme-field-linear`'s own validation; from the release (model
+# card, run m) they moved it by 0.1–0.2 px, so they are not what holds it there.
 RECIPES["hdme-field-wide"] = dataclasses.replace(
     RECIPES["hdme-field-linear"], name="hdme-field-wide", field_scene_fraction=0.5, field_sigma_max=[6.0, 10.0],
     sigma={**RECIPES["hdme"].sigma, "small_prob": 0.5})
