@@ -141,7 +141,7 @@ RECIPES["hdme-field-linear"] = dataclasses.replace(RECIPES["hdme-field"], name="
 # card, run m) they moved it by 0.1–0.2 px, so they are not what holds it there.
 RECIPES["hdme-field-wide"] = dataclasses.replace(
     RECIPES["hdme-field-linear"], name="hdme-field-wide", field_scene_fraction=0.5, field_sigma_max=[6.0, 10.0],
-    sigma={**RECIPES["hdme"].sigma, "small_prob": 0.5})
+    sigma={**RECIPES["hdme-field-linear"].sigma, "small_prob": 0.5})
 
 
 def recipe_from_dict(data: dict, name: str):
