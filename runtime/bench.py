@@ -18,11 +18,10 @@ from typing import Callable
 import numpy as np
 
 from hdme import __version__
-from hdme.contract import artifact_kind
 from hdme.conventions import output_to_sigma
 from hdme.errors import HdmeError
 from hdme.io import atomic_path, write_json, write_text
-from hdme.runtime.backends import BACKEND_NAMES, ENGINES, create_backend, shipped_artifacts
+from hdme.runtime.backends import BACKEND_NAMES, ENGINES, create_backend, model_file_kind, shipped_artifacts
 from hdme.conventions import rgb_to_input
 from hdme.runtime.predict import pad_to_multiple
 from hdme.runtime.stats import UNSTABLE_CV, is_unstable, latency_stats
@@ -212,7 +211,7 @@ def _configs(models, backends, precisions) -> list[tuple[str | None, str, str | 
         raise HdmeError(f"unknown backend '{unknown[0]}' (choose from {', '.join(BACKEND_NAMES[1:])})")
     out = []
     for model in models or [None]:
-        kind = artifact_kind(model) if model else None
+        kind = model_file_kind(model) if model else None
         shipped = {} if kind is not None else shipped_artifacts(model or DEFAULT_MODEL)
         shipped_int8 = kind is None and "onnx" in shipped_artifacts(model or DEFAULT_MODEL, "int8")
         for engine in ENGINES:

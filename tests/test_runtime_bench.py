@@ -65,8 +65,20 @@ def test_bench_latency_duration_and_unrunnable_configs(tmp_path):
 def test_in_turn_times_every_configuration_the_same_number_of_rounds(tmp_path):
     model = tiny_onnx(tmp_path / "tiny.onnx")
     other = tiny_onnx(tmp_path / "other.onnx", seed=1)
-    table = bench_latency(models=[str(model), str(other), str(tmp_path / "missing.onnx")], backends=["onnxruntime"],
-                          sizes=[(32, 32), (16, 24)], warmup=1, iters=3, in_turn=True)
+    table = bench_latency(models=[str(model), str(other)], backends=["onnxruntime"],
+                          precisions=["fp32", "int8"], sizes=[(32, 32), (16, 24)], warmup=1, iters=3, in_turn=True)
     assert [(r["model"], r["size"], r["iters"]) for r in table.rows] == [
         ("tiny.onnx", "32x32", 3), ("other.onnx", "32x32", 3), ("tiny.onnx", "16x24", 3), ("other.onnx", "16x24", 3)]
-    assert [n for n in table.notes if n.startswith("skipped")] == [n for n in table.notes if "missing.onnx" in n] != []
+    # An fp32 file asked for at int8 cannot run: one note per file, and the rest is still timed.
+    skipped = [n for n in table.notes if n.startswith("skipped")]
+    assert len(skipped) == 2 and all(n.startswith("skipped onnxruntime int8") for n in skipped)
+
+
+def test_a_model_argument_that_names_no_model_stops_the_benchmark_before_any_timing(tmp_path):
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    picture = tmp_path / "gray.png"
+    picture.write_bytes(b"not a model")
+    for bad, message in ((picture, "gray.png: not a model file"), (tmp_path / "missing.onnx", "missing.onnx: no such model file"),
+                         ("no-such-model", "no shipped model named 'no-such-model'")):
+        with pytest.raises(HdmeError, match=message):
+            bench_latency(models=[str(model), str(bad)], sizes=[(32, 32)], iters=1)

@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hdme.runtime")
 
 __all__ = ["Backend", "InferTimes", "PRECISIONS", "ENGINES", "BACKEND_NAMES", "Engine", "available_backends",
-           "create_backend", "resolve_model", "shipped_artifacts"]
+           "create_backend", "model_file_kind", "resolve_model", "shipped_artifacts"]
 
 
 def module_installed(module: str) -> bool:
@@ -152,6 +152,20 @@ def _choose(candidates: list[tuple[Engine, str]], options: dict) -> tuple[Engine
     return engine, target, f"the first installed engine that runs it ({', '.join(e.name for e, _ in candidates)})"
 
 
+def model_file_kind(model: str):
+    """The artifact kind of a model argument that names a file, None where it names a shipped model;
+    a missing file, a folder or a file of no model kind is an error."""
+    if not is_file_argument(model):
+        return None
+    path = Path(model)
+    if not path.exists():
+        raise HdmeError(f"{path}: no such model file")
+    kind = artifact_kind(path)
+    if path.is_dir() or kind is None:
+        raise HdmeError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)} or a shipped model name)")
+    return kind
+
+
 def resolve_model(model: str | Path | None, backend: str = "auto", precision: str | None = None,
                   options: dict | None = None) -> tuple[str, str, str]:
     """(backend name, file or shipped name to load, why) for a model argument. ``options``: the
@@ -162,12 +176,8 @@ def resolve_model(model: str | Path | None, backend: str = "auto", precision: st
         raise HdmeError(f"unknown precision '{precision}' (choose from {', '.join(PRECISIONS)})")
     model = str(model) if model is not None else DEFAULT_MODEL
     path = Path(model)
-    if is_file_argument(model):
-        if not path.exists():
-            raise HdmeError(f"{path}: no such model file")
-        kind = artifact_kind(path)
-        if path.is_dir() or kind is None:
-            raise HdmeError(f"{path}: not a model file (expected {', '.join(MODEL_SUFFIXES)} or a shipped model name)")
+    kind = model_file_kind(model)
+    if kind is not None:
         runners = [e for e in ENGINES if kind.name in e.runs]
         if backend != "auto":
             if backend not in (e.name for e in runners):
