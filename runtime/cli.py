@@ -47,6 +47,9 @@ def _engine_options(provider: Optional[str], threads: int) -> dict[str, dict]:
 
 EXTEND_RANGE_HELP = "Also estimate at 1/2 and 1/4 scale and merge, so blur beyond 10 px reads up to about 40 px (about 1.3× the compute)."
 SATURATED_SHARE = 0.01  # of a map's pixels at the top of the range before hdme says so
+# JPEG quality below which hdme says that blur may read low: at 25 the shipped model reads 3–10 px
+# 7–8 points lower than uncompressed, at 40 3–4 points (model card).
+LOW_JPEG_QUALITY = 30
 
 
 def _warn_saturated(what: str, extend_range: bool) -> None:
@@ -99,6 +102,9 @@ def predict_command(
             typer.echo(f"{result.source}: {result.message}, {result.ms:.0f} ms")
             if result.saturated >= SATURATED_SHARE:
                 _warn_saturated(f"{result.saturated:.0%} of pixels", extend_range)
+            if result.jpeg_quality is not None and result.jpeg_quality < LOW_JPEG_QUALITY:
+                typer.secho(f"  saved as JPEG at quality about {result.jpeg_quality}: its 8×8 blocks pass for sharp "
+                            "edges, so blur over about 3 px may read low", fg=typer.colors.YELLOW, err=True)
         else:
             typer.secho(f"failed {result.message}", fg=typer.colors.RED, err=True)
 

@@ -225,6 +225,16 @@ def test_cli_predict_says_when_the_map_saturates(tmp_path):
     assert result.exit_code == 0 and "top of the range" not in result.output
 
 
+def test_cli_predict_says_when_a_jpeg_was_compressed_hard_enough_to_read_blur_low(models, tmp_path):
+    for name, quality in (("hard.jpg", 20), ("fine.jpg", 90)):
+        cv2.imwrite(str(tmp_path / name), textured_rgb(64, 64), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    result = CliRunner().invoke(app, ["predict", str(tmp_path / "hard.jpg"), str(tmp_path / "fine.jpg"), "--out",
+                                      str(tmp_path / "o"), "--model", str(models["tiny"])])
+    assert result.exit_code == 0
+    warnings = [line for line in result.output.splitlines() if "saved as JPEG" in line]
+    assert len(warnings) == 1 and "quality about 20" in warnings[0]
+    assert result.output.index("hard.jpg:") < result.output.index("quality about 20") < result.output.index("fine.jpg:")
+
 def test_inputs_sharing_a_stem_never_overwrite_each_other(models, tmp_path):
     # d/a/x.jpg and d/b/x.png share a stem; d/b/x_2.png is a real input with the name a suffix would give
     images = {"a/x.jpg": textured_rgb(48, 64, seed=1), "b/x.png": textured_rgb(48, 64, seed=2),

@@ -21,20 +21,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hdme.jpeg import libjpeg_tables
+
 NOISE_MODELS = ("none", "paper", "camera")
 # Per-sample noise kinds of a NoiseDraw.
 CLEAN, SALT_PEPPER, POISSON, GAUSSIAN, CAMERA = range(5)
-
-# ITU-T T.81 Annex K tables: luminance and chrominance quantisation at quality 50.
-_LUMA_TABLE = (
-    16, 11, 10, 16, 24, 40, 51, 61, 12, 12, 14, 19, 26, 58, 60, 55, 14, 13, 16, 24, 40, 57, 69, 56,
-    14, 17, 22, 29, 51, 87, 80, 62, 18, 22, 37, 56, 68, 109, 103, 77, 24, 35, 55, 64, 81, 104, 113, 92,
-    49, 64, 78, 87, 103, 121, 120, 101, 72, 92, 95, 98, 112, 100, 103, 99,
-)
-_CHROMA_TABLE = (
-    17, 18, 24, 47, 99, 99, 99, 99, 18, 21, 26, 66, 99, 99, 99, 99, 24, 26, 56, 99, 99, 99, 99, 99,
-    47, 66, 99, 99, 99, 99, 99, 99, *([99] * 32),
-)
 
 
 @dataclass
@@ -129,10 +120,8 @@ def _dct_matrix(device: str) -> torch.Tensor:
 
 def quantisation_tables(quality: torch.Tensor) -> torch.Tensor:
     """libjpeg's tables for integer qualities [B] (1–100): [B, 2 (luma, chroma), 8, 8]."""
-    q = quality.clamp(1, 100).to(torch.float64)
-    scale = torch.where(q < 50, 5000.0 / q, 200.0 - 2.0 * q)[:, None, None]
-    base = torch.tensor([_LUMA_TABLE, _CHROMA_TABLE], dtype=torch.float64, device=quality.device)
-    return torch.floor((base[None] * scale + 50.0) / 100.0).clamp(1, 255).reshape(-1, 2, 8, 8).float()
+    tables = np.stack([libjpeg_tables(q) for q in quality.tolist()])
+    return torch.from_numpy(tables).float().to(quality.device)
 
 
 def _dct_quantise(plane: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
