@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from hdme.contract import MODEL_SUFFIXES, PRECISIONS, artifact_kind
+from hdme.contract import MODEL_SUFFIXES, PRECISIONS, ArtifactKind, artifact_kind
 from hdme.errors import HdmeError
 from hdme.weights import DEFAULT_MODEL, is_file_argument
 
@@ -152,7 +152,7 @@ def _choose(candidates: list[tuple[Engine, str]], options: dict) -> tuple[Engine
     return engine, target, f"the first installed engine that runs it ({', '.join(e.name for e, _ in candidates)})"
 
 
-def model_file_kind(model: str):
+def model_file_kind(model: str) -> ArtifactKind | None:
     """The artifact kind of a model argument that names a file, None where it names a shipped model;
     a missing file, a folder or a file of no model kind is an error."""
     if not is_file_argument(model):
