@@ -144,9 +144,9 @@ RECIPES["hdme-field-wide"] = dataclasses.replace(
     sigma={**RECIPES["hdme-field-linear"].sigma, "small_prob": 0.5})
 
 # `hdme-field-linear` with JPEG down to quality 15 (40 before) on 40 % of the samples: messaging apps
-# and web pages compress that hard, and below quality 40 the release reads blur low, the more the
-# larger it is (its 8×8 block edges read as sharp ones: 7–10 px −15 % at no JPEG, −28 % at quality 15
-# on hdme-field-wide scenes, model card).
+# and web pages compress that hard, and below quality 40 the stage-8 release read blur low, the more
+# the larger it was (its 8×8 block edges read as sharp ones: 7–10 px −15 % uncompressed, −28 % at
+# quality 15 on hdme-field-wide scenes). Stage 9, trained on it, reads them −15 % and −22 % (model card).
 RECIPES["hdme-field-jpeg"] = dataclasses.replace(RECIPES["hdme-field-linear"], name="hdme-field-jpeg",
                                                  jpeg_probability=0.4, jpeg_quality=[15, 95])
 
