@@ -59,6 +59,18 @@ def _warn_saturated(what: str, extend_range: bool) -> None:
                 fg=typer.colors.YELLOW, err=True)
 
 
+def _warn_low_jpeg(paths: list[Path]) -> None:
+    """One yellow line when inputs were saved as JPEG below LOW_JPEG_QUALITY (hdme.jpeg)."""
+    from hdme.jpeg import jpeg_quality
+
+    low = [q for q in map(jpeg_quality, paths) if q is not None and q < LOW_JPEG_QUALITY]
+    if not low:
+        return
+    what = f"{len(low)} of {len(paths)} frames saved as JPEG below quality {LOW_JPEG_QUALITY} (down to about {min(low)}): their" \
+        if len(paths) > 1 else f"saved as JPEG at quality about {low[0]}: its"
+    typer.secho(f"  {what} 8×8 blocks pass for sharp edges, so blur over about 3 px may read low", fg=typer.colors.YELLOW, err=True)
+
+
 def predict_command(
     inputs: List[str] = typer.Argument(..., help="Image files or folders."),
     out: Path = typer.Option(..., "--out", help="Output folder for NAME.npy and NAME.png."),
@@ -102,9 +114,7 @@ def predict_command(
             typer.echo(f"{result.source}: {result.message}, {result.ms:.0f} ms")
             if result.saturated >= SATURATED_SHARE:
                 _warn_saturated(f"{result.saturated:.0%} of pixels", extend_range)
-            if result.jpeg_quality is not None and result.jpeg_quality < LOW_JPEG_QUALITY:
-                typer.secho(f"  saved as JPEG at quality about {result.jpeg_quality}: its 8×8 blocks pass for sharp "
-                            "edges, so blur over about 3 px may read low", fg=typer.colors.YELLOW, err=True)
+            _warn_low_jpeg([result.source])
         else:
             typer.secho(f"failed {result.message}", fg=typer.colors.RED, err=True)
 
@@ -405,6 +415,7 @@ def focus_sweep_command(
     for t in result["targets"]:
         if t["saturated_frames"]:
             _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {len(t['sigma'])} frames", extend_range)
+    _warn_low_jpeg([Path(f) for f in result["frames"]])
 
 
 def depth_command(
@@ -426,6 +437,7 @@ def depth_command(
     result = run_depth(source, Lens(focal_mm, f_number, pixel_um, focus_m), method, model, backend, points, out, extend_range)
     if result["saturated"] is not None and result["saturated"] >= SATURATED_SHARE:
         _warn_saturated(f"{result['saturated']:.0%} of pixels", extend_range)
+    _warn_low_jpeg([source])
 
 
 def doctor_command() -> None:

@@ -15,7 +15,6 @@ from hdme.conventions import SIGMA_MAX, output_to_sigma, rescale_sigma, rgb_to_i
 from hdme.errors import HdmeError
 from hdme.images import expand_inputs, read_image, size_text, write_image
 from hdme.io import make_folder
-from hdme.jpeg import jpeg_quality
 from hdme.runtime.backends import create_backend
 
 MIN_SIDE = 32
@@ -245,7 +244,6 @@ class PredictResult:
     sigma_mean: float | None = None
     sigma_max: float | None = None
     saturated: float | None = None  # share of pixels at the top of the range (see saturated_share)
-    jpeg_quality: int | None = None  # the quality a JPEG input was saved at (hdme.jpeg), None for other files
     ms: float | None = None
     outputs: tuple[Path, ...] = ()
 
@@ -313,7 +311,7 @@ def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FO
             h, w = rgb.shape[:2]
             message = plan.describe(h, w) if plan else "one pass"
             result = PredictResult(path, True, message, (h, w), float(sigma.mean()), float(sigma.max()),
-                                   saturated_share(sigma, predictor), jpeg_quality(path), ms, outputs)
+                                   saturated_share(sigma, predictor), ms, outputs)
         except HdmeError as exc:
             message = str(exc)
             result = PredictResult(path, False, message if message.startswith(str(path)) else f"{path}: {message}")

@@ -165,3 +165,23 @@ def test_cli_sweep_and_depth_say_where_blur_tops_the_range_and_extend_range_read
     assert result.exit_code == 0 and "of pixels at the top of the range" in result.output and "--extend-range reads" in result.output
     result = runner.invoke(app, [*args, "--extend-range"])
     assert result.exit_code == 0 and "top of the range" not in result.output
+
+
+def test_cli_sweep_and_depth_say_when_their_frames_were_compressed_hard(tmp_path):
+    from hdme.cli import app
+    from runtime_support import textured_rgb, tiny_onnx
+
+    model = tiny_onnx(tmp_path / "tiny.onnx")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k, quality in enumerate((20, 90, 25, 95)):
+        cv2.imwrite(str(frames / f"f{k}.jpg"), textured_rgb(64, 64, seed=k), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    runner = CliRunner()
+    result = runner.invoke(app, ["focus-sweep", str(frames), "--points", "32,32", "--method", "hdme", "--model", str(model)])
+    assert result.exit_code == 0, result.output
+    assert "2 of 4 frames saved as JPEG below quality 30 (down to about 20)" in result.output
+    lens = ["--focal-mm", "50", "--f-number", "2", "--pixel-um", "5", "--focus-m", "2", "--method", "hdme", "--model", str(model)]
+    result = runner.invoke(app, ["depth", str(frames / "f2.jpg"), *lens])
+    assert result.exit_code == 0 and "saved as JPEG at quality about 25" in result.output
+    result = runner.invoke(app, ["depth", str(frames / "f1.jpg"), *lens])
+    assert result.exit_code == 0 and "saved as JPEG" not in result.output
