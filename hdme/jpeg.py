@@ -8,6 +8,7 @@ stage compresses with the same tables.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -31,6 +32,12 @@ def libjpeg_tables(quality: int) -> np.ndarray:
     scale = 5000.0 / q if q < 50 else 200.0 - 2.0 * q
     base = np.array([LUMA_TABLE, CHROMA_TABLE], np.float64).reshape(2, 8, 8)
     return np.clip(np.floor((base * scale + 50.0) / 100.0), 1, 255)
+
+
+@functools.lru_cache(maxsize=1)
+def _sorted_luma_tables() -> np.ndarray:
+    """libjpeg's luminance tables for qualities 1–100, each sorted: [100, 64]."""
+    return np.sort(np.stack([libjpeg_tables(q)[0].ravel() for q in range(1, 101)]), axis=1)
 
 
 def _luma_table(header: bytes) -> np.ndarray | None:
@@ -72,6 +79,5 @@ def jpeg_quality(path: str | os.PathLike) -> int | None:
     if table is None:
         return None
     # Sorted values: the file stores the table in zig-zag order, and the comparison need not care.
-    wanted = np.sort(table)
-    errors = [np.abs(np.sort(libjpeg_tables(q)[0].ravel()) - wanted).sum() for q in range(1, 101)]
+    errors = np.abs(_sorted_luma_tables() - np.sort(table)).sum(axis=1)
     return int(np.argmin(errors)) + 1

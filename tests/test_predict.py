@@ -235,6 +235,7 @@ def test_cli_predict_says_when_a_jpeg_was_compressed_hard_enough_to_read_blur_lo
     assert len(warnings) == 1 and "quality about 20" in warnings[0]
     assert result.output.index("hard.jpg:") < result.output.index("quality about 20") < result.output.index("fine.jpg:")
 
+
 def test_inputs_sharing_a_stem_never_overwrite_each_other(models, tmp_path):
     # d/a/x.jpg and d/b/x.png share a stem; d/b/x_2.png is a real input with the name a suffix would give
     images = {"a/x.jpg": textured_rgb(48, 64, seed=1), "b/x.png": textured_rgb(48, 64, seed=2),
