@@ -107,3 +107,18 @@ def test_field_scenes_grow_sigma_gradually_up_to_their_maximum():
     assert np.mean(middle) > 0.4  # the frame passes through the intermediate blur, not only its ends
     again = draw_scene(96, np.random.default_rng(7), source, prior, field_sigma_max=(3.0, 10.0))
     assert np.array_equal(again[1], sigma)
+
+
+def test_dense_field_scenes_cover_the_field_with_more_outlines():
+    source = ImageListSource([np.random.default_rng(0).integers(0, 256, (120, 120, 3), dtype=np.uint8)])
+    prior = SigmaDistribution("favour_small", max=10.0, small_max=3.0, small_prob=0.7)
+
+    def outline_share(dense: bool) -> float:
+        shares = []
+        for seed in range(8):
+            _, sigma = draw_scene(96, np.random.default_rng(seed), source, prior, fine=dense, field_sigma_max=(3.0, 10.0))
+            assert 3.0 - 1e-4 <= sigma.max() <= 10.0  # still a field scene reaching its drawn maximum
+            shares.append(np.mean(np.abs(np.diff(sigma, axis=1)) > 0.5))
+        return float(np.mean(shares))
+
+    assert outline_share(True) > 2.0 * outline_share(False)

@@ -200,7 +200,8 @@ def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribut
     undulation), so that σ varies across wide textured backgrounds as in shallow depth-of-field
     photos; a plane behind flat or synthetic fills never shows a large blur varying over a photo.
     ``field_sigma_max`` (lo, hi) makes a field scene: the photo's depth field spans the whole depth
-    range, up to 4 shapes rest on it (each at the field's depth where it stands, a little nearer),
+    range, up to 4 shapes rest on it (each at the field's depth where it stands, a little nearer;
+    with ``fine``, 24–80 small ones, as foliage, gravel or a crowd cover a ground plane),
     and the largest σ, drawn from [lo, hi], is reached across the frame, so σ changes gradually
     from sharp to heavily blurred within one image, as it does on a ground plane or a slanted wall.
     The other scenes' σ jumps between objects at unrelated depths, and their background fields span
@@ -216,10 +217,10 @@ def draw_scene(size: int, rng: np.random.Generator, source, dist: SigmaDistribut
         image = _fill(str(rng.choice(_BACKGROUND_FILLS, p=_BACKGROUND_WEIGHTS)), size, rng, source)
         a, b = rng.uniform(-0.3, 0.3, 2)
         inv_depth = np.clip(rng.uniform(0.0, 0.3) + a * xs + b * ys, 0.0, None).astype(np.float32)
-    if field:
-        n = int(rng.integers(0, 5))
+    if fine:
+        n = int(rng.integers(24, 81)) if field else int(rng.integers(12, 41))
     else:
-        n = int(rng.integers(12, 41)) if fine else int(rng.integers(3, 16))
+        n = int(rng.integers(0, 5)) if field else int(rng.integers(3, 16))
     object_depths = np.sort(rng.uniform(0.2, 1.0, n))
     for depth in object_depths:
         scale = rng.uniform(0.15, 0.5) if fine else 1.0

@@ -87,7 +87,8 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         if rng.random() < recipe.scene_fraction:
             # drawn only where the recipe asks for these scenes, so older recipes keep their streams
             if recipe.field_scene_fraction > 0 and rng.random() < recipe.field_scene_fraction:
-                rgb, sigma = draw_scene(size, rng, source, dist, field_sigma_max=tuple(recipe.field_sigma_max))
+                dense = recipe.dense_field_fraction > 0 and rng.random() < recipe.dense_field_fraction
+                rgb, sigma = draw_scene(size, rng, source, dist, fine=dense, field_sigma_max=tuple(recipe.field_sigma_max))
             else:
                 fine = recipe.fine_scene_fraction > 0 and rng.random() < recipe.fine_scene_fraction
                 depth_field = recipe.depth_field_fraction > 0 and rng.random() < recipe.depth_field_fraction
