@@ -59,16 +59,22 @@ def _warn_saturated(what: str, extend_range: bool) -> None:
                 fg=typer.colors.YELLOW, err=True)
 
 
-def _warn_low_jpeg(paths: list[Path]) -> None:
-    """One yellow line when inputs were saved as JPEG below LOW_JPEG_QUALITY (hdme.jpeg)."""
+def _low_jpeg_message(paths: list[Path]) -> str | None:
+    """One line when inputs were saved as JPEG below LOW_JPEG_QUALITY (hdme.jpeg), else None."""
     from hdme.jpeg import jpeg_quality
 
     low = [q for q in map(jpeg_quality, paths) if q is not None and q < LOW_JPEG_QUALITY]
     if not low:
-        return
+        return None
     what = f"{len(low)} of {len(paths)} frames saved as JPEG below quality {LOW_JPEG_QUALITY} (down to about {min(low)}): their" \
         if len(paths) > 1 else f"saved as JPEG at quality about {low[0]}: its"
-    typer.secho(f"  {what} 8×8 blocks pass for sharp edges, so blur over about 3 px may read low", fg=typer.colors.YELLOW, err=True)
+    return f"  {what} 8×8 blocks pass for sharp edges, so blur over about 3 px may read low"
+
+
+def _warn_low_jpeg(paths: list[Path]) -> None:
+    message = _low_jpeg_message(paths)
+    if message:
+        typer.secho(message, fg=typer.colors.YELLOW, err=True)
 
 
 def predict_command(
@@ -178,7 +184,7 @@ def run_command(
     from hdme.runtime.pipeline import StreamPipeline, parse_size
     from hdme.runtime.predict import check_tta
     from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
-    from hdme.runtime.sources import open_source
+    from hdme.runtime.sources import ImageListSource, open_source
     from hdme.runtime.temporal import TemporalFilter
 
     if engine is not None:
@@ -206,6 +212,9 @@ def run_command(
             typer.echo(f"live view: {server.url}")
         src = open_source(source, on_message=on_message)
         typer.echo(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
+        jpeg_message = _low_jpeg_message(src.paths) if isinstance(src, ImageListSource) else None
+        if jpeg_message:
+            on_message(jpeg_message.strip())
         if display:
             sinks.append(DisplaySink())
         if save_video is not None:

@@ -114,6 +114,18 @@ def test_image_folder_skips_and_counts_corrupt_frames(onnx_path, tmp_path):
     assert sorted(p.stem for p in (tmp_path / "maps").iterdir()) == ["f0", "f1", "f2"]
 
 
+def test_run_on_images_says_when_they_were_compressed_hard_enough_to_read_blur_low(onnx_path, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, quality in enumerate((20, 90, 25)):
+        cv2.imwrite(str(folder / f"f{i}.jpg"), textured_rgb(40, 56, seed=i), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    result = CliRunner().invoke(app, ["run", str(folder), "--model", str(onnx_path)])
+    assert result.exit_code == 0, result.output
+    assert "2 of 3 frames saved as JPEG below quality 30 (down to about 20)" in result.output
+    result = CliRunner().invoke(app, ["run", str(folder / "f1.jpg"), "--model", str(onnx_path)])
+    assert result.exit_code == 0 and "saved as JPEG" not in result.output
+
+
 class _InterruptAfter(Sink):
     def __init__(self, n: int) -> None:
         self.n = n
