@@ -85,7 +85,8 @@ def quantize_command(
                 exclude=exclude, keep_head=keep_head, progress=advance,
             )
         settings = {"precision": "int8", "target": target, "method": method, "backend": used,
-                    "calib": str(calib_set.folder), "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
+                    # the default set is named as the source tree names it, so the record reads the same on every machine
+                    "calib": str(calib) if calib is not None else "calib_data", "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
     _report_accuracy(onnx_file, out, settings, heldout)
 

@@ -220,6 +220,11 @@ def test_cli_quantize_writes_model_and_accuracy_json(quantized, tmp_path):
     assert report["rows"][1]["max_diff_px"] > 0.0
     again = CliRunner().invoke(app, ["export", "quantize", str(out), "--precision", "int8"])
     assert "already fp16" in str(again.exception)
+    # the default calibration set is named as the source tree names it, not by this machine's path
+    result = CliRunner().invoke(app, ["export", "quantize", str(fp32), "--precision", "int8", "--target", "cpu",
+                                      "--calib-count", "2", "--out", str(tmp_path / "d.int8-cpu.onnx"), "--eval", str(heldout_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "d.int8-cpu.json").read_text())["calib"] == "calib_data"
 
 
 def test_onnx_steps_run_without_torch(quantized, calib_dir, tmp_path):
@@ -259,7 +264,8 @@ def test_onnx_steps_run_without_torch(quantized, calib_dir, tmp_path):
     assert lines[-1] == "ok"
     assert "hdme data make" in lines[-2]  # the synthetic held-out set needs torch: one clear line
     assert not (tmp_path / "f.fp16.onnx").exists()
-    assert json.loads((tmp_path / "m.int8-cpu.json").read_text())["heldout"] == "heldout, 1 images"
+    record = json.loads((tmp_path / "m.int8-cpu.json").read_text())
+    assert record["heldout"] == "heldout, 1 images" and record["calib"] == str(calib_dir)  # the folder as it was given
     assert (tmp_path / "repo" / "m-int8-cpu" / "1" / "model.onnx").is_file()
 
 
