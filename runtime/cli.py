@@ -184,7 +184,7 @@ def run_command(
     from hdme.runtime.pipeline import StreamPipeline, parse_size
     from hdme.runtime.predict import check_tta
     from hdme.runtime.sinks import DisplaySink, MapSink, VideoSink
-    from hdme.runtime.sources import ImageListSource, open_source
+    from hdme.runtime.sources import ImageListSource, classify_source, open_source
     from hdme.runtime.temporal import TemporalFilter
 
     if engine is not None:
@@ -193,6 +193,7 @@ def run_command(
         model = str(engine)
     console = _console()
     work_size, tta = parse_size(size), check_tta(tta)
+    classify_source(source)  # a mistyped path fails at once, not after the engine has loaded
     engine_ = create_backend(model, backend, precision, **_backend_options(backend, provider, threads))
     typer.echo(f"backend {engine_.selection}")
     sinks, server = [], None

@@ -402,6 +402,10 @@ def test_run_bad_source_and_bad_sink_are_one_line(onnx_path, tmp_path):
     result = CliRunner().invoke(app, ["run", str(bad_image), "--model", str(onnx_path)])
     assert isinstance(result.exception, HdmeError), result.output
     assert str(result.exception) == f"{bad_image}: no frame could be read (1 unreadable)"
+    # a mistyped source fails before the engine loads: no backend line is printed
+    result = CliRunner().invoke(app, ["run", str(tmp_path / "missing.mp4"), "--model", str(onnx_path)])
+    assert isinstance(result.exception, HdmeError) and "no such file" in str(result.exception)
+    assert "backend" not in result.output
 
 
 def test_display_without_a_desktop_is_one_line(monkeypatch):
