@@ -134,3 +134,28 @@ def test_linear_light_samples_blur_light_and_then_encode_it(source):
     bad = recipe.to_dict() | {"linear_light_probability": 1.5}
     with pytest.raises(HdmeError, match="linear_light_probability must be within"):
         get_recipe("hdme").replace(**{k: v for k, v in bad.items() if k != "name"})
+
+
+def test_a_recipe_may_label_blur_past_the_networks_range(source, tmp_path):
+    from hdme.conventions import SIGMA_MAX
+    from hdme.train.synth.noise import draw_noise
+    from hdme.train.synth.stream import SynthDraw, render_clean
+
+    recipe = get_recipe("hdme-field-beyond")
+    assert recipe.sigma_distribution().max > SIGMA_MAX
+    batch = SyntheticStream(recipe.replace(scene_fraction=1.0, field_scene_fraction=1.0), 64, 6, seed=3,
+                            sources=source).generate()
+    assert float(batch.sigma.max()) > SIGMA_MAX + 0.5
+    # a step edge blurred with σ = 13 px spreads further than one clipped to 10 px would
+    edge = torch.zeros(2, 96, 96, 3, dtype=torch.uint8)
+    edge[:, :, 48:] = 255
+    draw = SynthDraw(edge, torch.tensor([10.0, 13.0])[:, None, None].expand(2, 96, 96).contiguous(), ["scene"] * 2,
+                     ["gaussian"] * 2, None, draw_noise(2, "camera", np.random.default_rng(0), 0.0, 0.0, 0.0, (90, 95)), None)
+    rendered = render_clean(recipe.replace(camera_sigma=None), draw, torch.Generator().manual_seed(0))
+    row10, row13 = rendered.image[0, 0, 48], rendered.image[1, 0, 48]
+    assert float(row13[48 - 20]) > float(row10[48 - 20]) + 0.01  # 20 px before the edge: 1.5 σ against 2 σ
+    assert float(rendered.sigma.max()) == pytest.approx(13.0)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"data": {"sigma": {"kind": "uniform", "max": 20.0}}}))
+    with pytest.raises(HdmeError, match="sigma: σ distribution out of range"):
+        get_recipe(str(bad))

@@ -16,6 +16,10 @@ import torch.nn.functional as F
 from hdme.conventions import SIGMA_MAX
 
 MAP_KINDS = ("patch", "gaussian", "segment", "depth")
+# A recipe may draw σ past the network's range (SIGMA_MAX): its output is clamped to that range at
+# inference, and a regression trained on a bounded range reads low near the bound, where every
+# uncertain guess can only err downwards; labels beyond it put 7–10 px inside the trained range.
+LABEL_SIGMA_MAX = 16.0
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class SigmaDistribution:
     def __post_init__(self) -> None:
         if self.kind not in ("uniform", "favour_small"):
             raise ValueError(f"σ distribution must be 'uniform' or 'favour_small', got {self.kind!r}")
-        if not 0.0 < self.max <= SIGMA_MAX or not 0.0 < self.small_max <= self.max or not 0.0 <= self.small_prob <= 1.0:
+        if not 0.0 < self.max <= LABEL_SIGMA_MAX or not 0.0 < self.small_max <= self.max or not 0.0 <= self.small_prob <= 1.0:
             raise ValueError(f"σ distribution out of range: {self}")
 
     def sample(self, rng: np.random.Generator, n: int | tuple[int, ...] = 1) -> np.ndarray:

@@ -159,6 +159,14 @@ RECIPES["hdme-field-jpeg"] = dataclasses.replace(RECIPES["hdme-field-linear"], n
 RECIPES["hdme-field-dense"] = dataclasses.replace(RECIPES["hdme-field-jpeg"], name="hdme-field-dense",
                                                   dense_field_fraction=0.5)
 
+# `hdme-field-dense` with σ drawn up to 14 px (field scenes reaching 3–14 px), past the network's
+# 10 px: every release read large blur lower the nearer it came to 10 px, also on its own recipe
+# (`hdme-field-wide` 7–8 px reading 6.4, 9–10 px 7.0), as a regression does at the edge of its
+# labels; with labels to 14 px, 7–10 px lies inside them. The output is clamped to 10 px as before.
+RECIPES["hdme-field-beyond"] = dataclasses.replace(
+    RECIPES["hdme-field-dense"], name="hdme-field-beyond", field_sigma_max=[3.0, 14.0],
+    sigma={**RECIPES["hdme-field-dense"].sigma, "max": 14.0})
+
 
 def recipe_from_dict(data: dict, name: str):
     section = data.get("data", data)

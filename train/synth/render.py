@@ -275,7 +275,8 @@ def render_defocus(
     ``psf`` is one shape for the batch or one per sample. ``camera_sigma`` [B] adds a uniform
     Gaussian blur after the scatter (the camera's own blur; its σ adds in quadrature to σ).
     ``max_error`` bounds the layering error of the Gaussian PSF (fewer levels, faster, when larger).
-    σ is clipped to ``sigma_max``: beyond the network's range only for evaluation sets.
+    σ is clipped to ``sigma_max``: beyond the network's range for evaluation sets and for recipes whose
+    labels reach past it (maps.LABEL_SIGMA_MAX).
     """
     if sharp.dim() != 4 or sigma.dim() != 4 or sigma.shape[1] != 1 or sigma.shape[-2:] != sharp.shape[-2:]:
         raise ValueError(f"expected sharp [B,C,H,W] and sigma [B,1,H,W], got {tuple(sharp.shape)} and {tuple(sigma.shape)}")

@@ -131,12 +131,12 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
     if draw.camera_sigma is not None:
         camera_sigma = draw.camera_sigma.to(device, non_blocking=True)
         cam = camera_sigma[:, None, None, None]
-        # keep the label inside the trained range: √(σ² + σ_cam²) ≤ σ_max
+        # keep the label inside the recipe's range: √(σ² + σ_cam²) ≤ σ_max
         sigma = torch.minimum(sigma, (recipe.sigma_distribution().max ** 2 - cam**2).sqrt())
     linear = None if draw.linear is None else draw.linear.to(device)[:, None, None, None]
     light = sharp if linear is None else torch.where(linear, srgb_to_linear(sharp), sharp)
     image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=camera_sigma,
-                           max_error=recipe.render_error_8bit / 255.0)
+                           max_error=recipe.render_error_8bit / 255.0, sigma_max=recipe.sigma_distribution().max)
     if linear is not None:
         image = torch.where(linear, linear_to_srgb(image), image)
     if camera_sigma is not None:
