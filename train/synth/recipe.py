@@ -152,7 +152,7 @@ RECIPES["hdme-field-wide"] = dataclasses.replace(
 RECIPES["hdme-field-jpeg"] = dataclasses.replace(RECIPES["hdme-field-linear"], name="hdme-field-jpeg",
                                                  jpeg_probability=0.4, jpeg_quality=[15, 95])
 
-# `hdme-field-jpeg` with half of its field scenes covered by 12–40 small shapes resting on the field:
+# `hdme-field-jpeg` with half of its field scenes covered by 24–80 small shapes resting on the field:
 # σ then changes smoothly under dense occluding edges, as on foliage, gravel or a crowd over a ground
 # plane. With sparse shapes on a field and dense shapes only at unrelated depths, dead leaves on a
 # smooth surface read 7–10 px 25 % low even with a Gaussian PSF (the stage-8 release, model card).
@@ -163,6 +163,7 @@ RECIPES["hdme-field-dense"] = dataclasses.replace(RECIPES["hdme-field-jpeg"], na
 # 10 px: every release read large blur lower the nearer it came to 10 px, also on its own recipe
 # (`hdme-field-wide` 7–8 px reading 6.4, 9–10 px 7.0), as a regression does at the edge of its
 # labels; with labels to 14 px, 7–10 px lies inside them. The output is clamped to 10 px as before.
+# Run q (model card) read 7–10 px 0.4–0.65 px higher on every away set, and small σ higher too.
 RECIPES["hdme-field-beyond"] = dataclasses.replace(
     RECIPES["hdme-field-dense"], name="hdme-field-beyond", field_sigma_max=[3.0, 14.0],
     sigma={**RECIPES["hdme-field-dense"].sigma, "max": 14.0})
