@@ -128,15 +128,16 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         sharp = source_batch.clone()
         sharp[shuffled] = shuffle_pixels(source_batch[shuffled], recipe.shuffle, generator)
     camera_sigma = None
+    sigma_max = recipe.sigma_distribution().max
     if draw.camera_sigma is not None:
         camera_sigma = draw.camera_sigma.to(device, non_blocking=True)
         cam = camera_sigma[:, None, None, None]
         # keep the label inside the recipe's range: √(σ² + σ_cam²) ≤ σ_max
-        sigma = torch.minimum(sigma, (recipe.sigma_distribution().max ** 2 - cam**2).sqrt())
+        sigma = torch.minimum(sigma, (sigma_max**2 - cam**2).sqrt())
     linear = None if draw.linear is None else draw.linear.to(device)[:, None, None, None]
     light = sharp if linear is None else torch.where(linear, srgb_to_linear(sharp), sharp)
     image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=camera_sigma,
-                           max_error=recipe.render_error_8bit / 255.0, sigma_max=recipe.sigma_distribution().max)
+                           max_error=recipe.render_error_8bit / 255.0, sigma_max=sigma_max)
     if linear is not None:
         image = torch.where(linear, linear_to_srgb(image), image)
     if camera_sigma is not None:
