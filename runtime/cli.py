@@ -68,13 +68,13 @@ def _low_jpeg_message(paths: list[Path]) -> str | None:
         return None
     what = f"{len(low)} of {len(paths)} frames saved as JPEG below quality {LOW_JPEG_QUALITY} (down to about {min(low)}): their" \
         if len(paths) > 1 else f"saved as JPEG at quality about {low[0]}: its"
-    return f"  {what} 8×8 blocks pass for sharp edges, so blur over about 3 px may read low"
+    return f"{what} 8×8 blocks pass for sharp edges, so blur over about 3 px may read low"
 
 
 def _warn_low_jpeg(paths: list[Path]) -> None:
     message = _low_jpeg_message(paths)
     if message:
-        typer.secho(message, fg=typer.colors.YELLOW, err=True)
+        typer.secho(f"  {message}", fg=typer.colors.YELLOW, err=True)  # indented under its input's line
 
 
 def predict_command(
@@ -215,7 +215,7 @@ def run_command(
         typer.echo(f"source {src.description} ({'live: latest frame only' if src.live else 'every frame, in order'})")
         jpeg_message = _low_jpeg_message(src.paths) if isinstance(src, ImageListSource) else None
         if jpeg_message:
-            on_message(jpeg_message.strip())
+            on_message(jpeg_message)
         if display:
             sinks.append(DisplaySink())
         if save_video is not None:
