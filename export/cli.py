@@ -86,7 +86,7 @@ def quantize_command(
             )
         settings = {"precision": "int8", "target": target, "method": method, "backend": used,
                     # the default set is named as the source tree names it, so the record reads the same on every machine
-                    "calib": str(calib) if calib is not None else "calib_data", "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
+                    "calib": str(calib) if calib is not None else calib_set.folder.name, "calib_images": len(calib_set), "calib_sha256": calib_set.sha256}
     typer.echo(f"wrote {out} ({used})")
     _report_accuracy(onnx_file, out, settings, heldout)
 
