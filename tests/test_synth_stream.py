@@ -159,3 +159,37 @@ def test_a_recipe_may_label_blur_past_the_networks_range(source, tmp_path):
     bad.write_text(json.dumps({"data": {"sigma": {"kind": "uniform", "max": 20.0}}}))
     with pytest.raises(HdmeError, match="sigma: σ distribution out of range"):
         get_recipe(str(bad))
+
+
+def test_low_contrast_samples_flatten_the_sharp_image_and_keep_everything_else(source, tmp_path):
+    from hdme.train.synth.stream import draw_batch, render_clean
+
+    recipe = get_recipe("hdme-field-contrast")
+    assert recipe.low_contrast_probability > 0 and get_recipe("hdme-field-past10").low_contrast_probability == 0
+    plain = recipe.replace(low_contrast_probability=0.0)
+    flat = plain.replace(low_contrast_probability=1.0, contrast_range=[0.25, 0.25])
+    draws = [draw_batch(r, 64, 6, np.random.default_rng(5), as_source(source)) for r in (plain, flat)]
+    assert draws[0].contrast is None and torch.allclose(draws[1].contrast, torch.full((6,), 0.25))
+    # contrast is drawn last: the scenes, σ maps, PSFs and noise of a seed stay as they were
+    assert torch.equal(draws[0].source, draws[1].source) and torch.equal(draws[0].sigma, draws[1].sigma)
+    a, b = (render_clean(r, d, torch.Generator().manual_seed(0)) for r, d in zip((plain, flat), draws))
+    assert torch.equal(a.sigma, b.sigma)
+    mean = a.sharp.mean(dim=(1, 2, 3), keepdim=True)
+    assert torch.allclose(b.sharp, mean + 0.25 * (a.sharp - mean), atol=1e-6)
+    # about the recipe's share of samples is flattened, log-uniformly within its range
+    factors = draw_batch(recipe, 32, 200, np.random.default_rng(3), as_source(source)).contrast
+    assert 0.3 < float((factors < 1).float().mean()) < 0.5 and float(factors.min()) >= 0.2
+    bad = tmp_path / "bad.json"
+    for value in ([0.5, 0.2], [0.0, 1.0], [0.5, 1.5]):
+        bad.write_text(json.dumps({"data": {"low_contrast_probability": 0.5, "contrast_range": value}}))
+        with pytest.raises(HdmeError, match="contrast_range must be"):
+            get_recipe(str(bad))
+    # an away set at a given contrast: the same scenes, flatter
+    from hdme.train.synth.away import AWAY_RECIPES
+
+    leaves = AWAY_RECIPES["away-leaves"]
+    sets = [SyntheticStream(leaves.replace(contrast=c), 64, 2, seed=4, sources=source).generate() for c in (1.0, 0.5)]
+    assert torch.equal(sets[0].sigma, sets[1].sigma)
+    assert torch.allclose(sets[1].sharp.std(dim=(1, 2, 3)), 0.5 * sets[0].sharp.std(dim=(1, 2, 3)), rtol=1e-4)
+    with pytest.raises(HdmeError, match="contrast must be within"):
+        leaves.replace(contrast=0.0)

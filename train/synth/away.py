@@ -26,7 +26,7 @@ import torch
 from hdme.errors import HdmeError
 from hdme.train.synth.noise import jpeg, jpeg_quality_problem
 from hdme.train.synth.recipe import weights_problem
-from hdme.train.synth.render import PSF_SHAPES, linear_to_srgb, render_defocus, srgb_to_linear
+from hdme.train.synth.render import PSF_SHAPES, linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear
 from hdme.train.synth.scenes import _octave_noise, _shape_mask, _sharp_photo
 from hdme.train.synth.stream import choose
 from hdme.train.synth.maps import synthetic_inverse_depth
@@ -44,6 +44,7 @@ class AwayRecipe:
     noise: str = "linear"  # "linear": heteroscedastic sensor noise in linear light; "jpeg": light noise, heavy JPEG
     jpeg_quality: list[int] = field(default_factory=lambda: [15, 40])
     render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (as SynthRecipe)
+    contrast: float = 1.0  # the sharp scene's deviation from its mean grey times this: haze, flat light
     kind: str = "away"  # tells a recipe dictionary of this kind from a SynthRecipe's
 
     def __post_init__(self) -> None:
@@ -53,6 +54,8 @@ class AwayRecipe:
         problems += filter(None, (weights_problem("psf", self.psf, PSF_SHAPES), jpeg_quality_problem(self.jpeg_quality)))
         if self.noise not in NOISES:
             problems.append(f"noise must be one of {NOISES}")
+        if not 0.0 < self.contrast <= 1.0:
+            problems.append("contrast must be within (0, 1]")
         if not 0.0 < self.sigma_max <= 64.0:
             problems.append("sigma_max must be within (0, 64] px")
         if problems:
@@ -180,6 +183,8 @@ def synthesize_away(recipe: AwayRecipe, size: int, count: int, rng: np.random.Ge
         sigma = thin_lens_even(inv_depth, rng, recipe.sigma_max)
         shape = choose(rng, recipe.psf)
         sharp_t = torch.from_numpy(np.ascontiguousarray(sharp)).permute(2, 0, 1)[None].to(device)
+        if recipe.contrast != 1.0:
+            sharp_t = scale_contrast(sharp_t, recipe.contrast)
         sigma_t = torch.from_numpy(sigma)[None, None].to(device)
         linear = recipe.noise == "linear"
         blurred = render_defocus(srgb_to_linear(sharp_t) if linear else sharp_t, sigma_t, psf=shape,

@@ -49,6 +49,14 @@ def linear_to_srgb(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x <= 0.0031308, 12.92 * x, 1.055 * x.pow(1.0 / 2.4) - 0.055)
 
 
+def scale_contrast(image: torch.Tensor, factor: torch.Tensor | float) -> torch.Tensor:
+    """Pull each image of a [B,C,H,W] batch toward its mean grey: its deviation from the mean times
+    ``factor`` (per image, in (0, 1]), so the values stay in [0, 1] and the colours keep their hue."""
+    factor = torch.as_tensor(factor, dtype=image.dtype, device=image.device).reshape(-1, 1, 1, 1)
+    mean = image.mean(dim=(1, 2, 3), keepdim=True)
+    return mean + factor * (image - mean)
+
+
 def gaussian_radius(sigma: float) -> int:
     """Half-width of OpenCV's Gaussian kernel for float images: ksize = round(8σ + 1) | 1."""
     return (int(round(sigma * 8 + 1)) | 1) // 2

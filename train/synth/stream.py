@@ -15,7 +15,7 @@ import torch
 from hdme.train.synth.maps import make_map
 from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
-from hdme.train.synth.render import linear_to_srgb, render_defocus, srgb_to_linear
+from hdme.train.synth.render import linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear
 from hdme.train.synth.scenes import draw_scene
 from hdme.train.synth.shuffle import shuffle_pixels
 from hdme.train.synth.sources import as_source
@@ -44,6 +44,7 @@ class SynthDraw:
     camera_sigma: torch.Tensor | None  # float32 [B] px
     noise: NoiseDraw
     linear: torch.Tensor | None = None  # bool [B]: blurred in linear light
+    contrast: torch.Tensor | None = None  # float32 [B]: factor on the sharp image's deviation from its mean
 
     def pin_memory(self) -> "SynthDraw":
         """Page-locked copies (a DataLoader calls this), so the copy to the device runs asynchronously."""
@@ -112,7 +113,12 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
     linear = None  # drawn last and only where asked for, so older recipes keep their streams
     if recipe.linear_light_probability > 0:
         linear = torch.from_numpy(rng.random(count) < recipe.linear_light_probability)
-    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise, linear)
+    contrast = None
+    if recipe.low_contrast_probability > 0:
+        lo, hi = np.log(recipe.contrast_range)
+        factor = np.where(rng.random(count) < recipe.low_contrast_probability, np.exp(rng.uniform(lo, hi, count)), 1.0)
+        contrast = torch.from_numpy(factor.astype(np.float32))
+    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise, linear, contrast)
 
 
 def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
@@ -127,6 +133,8 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
     if recipe.shuffle != "none" and shuffled:
         sharp = source_batch.clone()
         sharp[shuffled] = shuffle_pixels(source_batch[shuffled], recipe.shuffle, generator)
+    if draw.contrast is not None:
+        sharp = scale_contrast(sharp, draw.contrast.to(device))
     camera_sigma = None
     sigma_max = recipe.sigma_distribution().max
     if draw.camera_sigma is not None:
