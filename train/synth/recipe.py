@@ -173,7 +173,8 @@ RECIPES["hdme-field-beyond"] = dataclasses.replace(
     sigma={**RECIPES["hdme-field-dense"].sigma, "max": 14.0})
 # `hdme-field-jpeg` with σ drawn up to 14 px as in `hdme-field-beyond`, without the dense field
 # scenes: run r (those scenes alone) cost the test split more than run q (both together), and run q's
-# large-σ gains came with its labels past 10 px.
+# large-σ gains came with its labels past 10 px. Run u (35 min on it) kept those gains and lost RTF
+# 16 %, more than the dense fields did in as long.
 RECIPES["hdme-field-past10"] = dataclasses.replace(
     RECIPES["hdme-field-jpeg"], name="hdme-field-past10", field_sigma_max=[3.0, 14.0],
     sigma={**RECIPES["hdme-field-jpeg"].sigma, "max": 14.0})
@@ -181,7 +182,7 @@ RECIPES["hdme-field-past10"] = dataclasses.replace(
 # stage-9 release read lower contrast as more blur (a photo blurred 5 px: 4.7 px as it is, 5.4 at half
 # its contrast, 6.5 at a quarter; dead leaves in focus 0.80 px, 0.95 at 0.4 of their contrast), so
 # it partly read blur from how steep edges are instead of how wide; haze, flat light and dim scenes
-# are that flat.
+# are that flat. Run t read flat scenes nearly as their originals, and lost RTF as run u did.
 RECIPES["hdme-field-contrast"] = dataclasses.replace(
     RECIPES["hdme-field-past10"], name="hdme-field-contrast", low_contrast_probability=0.4)
 
