@@ -110,7 +110,8 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         camera_sigma = torch.from_numpy(rng.uniform(*recipe.camera_sigma, count).astype(np.float32))
     noise = draw_noise(count, recipe.noise, rng, recipe.noise_probability, recipe.jpeg_probability,
                        recipe.bayer_probability, tuple(recipe.jpeg_quality))
-    linear = None  # drawn last and only where asked for, so older recipes keep their streams
+    # Drawn last, in the order the keys were added, and only where asked for: older recipes keep their streams.
+    linear = None
     if recipe.linear_light_probability > 0:
         linear = torch.from_numpy(rng.random(count) < recipe.linear_light_probability)
     contrast = None
