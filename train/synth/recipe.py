@@ -185,6 +185,11 @@ RECIPES["hdme-field-past10"] = dataclasses.replace(
 # are that flat. Run t read flat scenes nearly as their originals, and lost RTF as run u did.
 RECIPES["hdme-field-contrast"] = dataclasses.replace(
     RECIPES["hdme-field-past10"], name="hdme-field-contrast", low_contrast_probability=0.4)
+# `hdme-field-jpeg` (labels to 10 px) with `hdme-field-contrast`'s flattened samples: run u put the
+# RTF loss of run t on the labels past 10 px, so the flat samples alone may bring contrast
+# invariance at the release's small-σ accuracy.
+RECIPES["hdme-field-flat"] = dataclasses.replace(
+    RECIPES["hdme-field-jpeg"], name="hdme-field-flat", low_contrast_probability=0.4)
 
 
 def recipe_from_dict(data: dict, name: str):
