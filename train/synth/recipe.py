@@ -188,7 +188,7 @@ RECIPES["hdme-field-contrast"] = dataclasses.replace(
 # `hdme-field-jpeg` (labels to 10 px) with `hdme-field-contrast`'s flattened samples: run u put the
 # RTF loss of run t on the labels past 10 px, so the flat samples alone may bring contrast
 # invariance at the release's small-σ accuracy. Run v (85 min) brought it, lost RTF all the same
-# (0.0585 → 0.0662) and read 5–10 px 0.2–0.3 px lower on the away sets.
+# (0.0585 → 0.0662) and read 5–10 px 0.15–0.3 px lower on the away sets.
 RECIPES["hdme-field-flat"] = dataclasses.replace(
     RECIPES["hdme-field-jpeg"], name="hdme-field-flat", low_contrast_probability=0.4)
 
