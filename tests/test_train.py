@@ -364,6 +364,21 @@ def test_binned_l1_weighs_every_sigma_bin_the_same():
     assert abs(float(pred.grad[-1].abs() / pred.grad[0].abs()) - 99.0) < 1e-3
 
 
+def test_log_l1_keeps_the_median_and_weighs_small_sigma_more():
+    from hdme.train.trainer import log_l1_loss
+
+    # the best constant for truths 1, 2 and 9 px is their median under L1 and under log_l1 alike
+    target = torch.tensor([0.1, 0.2, 0.9])
+    candidates = torch.linspace(0, 1, 1001)
+    best = candidates[int(torch.argmin(torch.stack([log_l1_loss(c.expand(3), target) for c in candidates])))]
+    assert abs(float(best) - 0.2) < 1e-6
+    # reading 1.1 px for 1 pulls (1 + 10.1) / (1 + 1.1) ≈ 5.3× harder than 10.1 for 10; below 0 it stays finite
+    pred = torch.tensor([0.11, 1.01, -0.2], requires_grad=True)
+    log_l1_loss(pred, torch.tensor([0.1, 1.0, 0.0])).backward()
+    assert abs(float(pred.grad[0] / pred.grad[1]) - 11.1 / 2.1) < 0.01
+    assert torch.isfinite(pred.grad).all() and float(pred.grad[2]) < 0
+
+
 def test_train_help_shows_the_defaults_a_config_or_flag_replaces():
     from typer.testing import CliRunner
 

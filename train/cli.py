@@ -63,7 +63,7 @@ def train_command(
     size: Optional[int] = typer.Option(None, "--size", show_default=_default("size"), help="Training crop side, px."),
     lr: Optional[float] = typer.Option(None, "--lr", show_default=_default("lr"), help="Adam learning rate."),
     schedule: Optional[str] = typer.Option(None, "--schedule", show_default=_default("schedule"), help="step (×0.1 at 1/3 and 2/3, the paper's) or cosine."),
-    loss: Optional[str] = typer.Option(None, "--loss", show_default=_default("loss"), help="mse (the paper's), l1, huber, or binned_l1 (L1 weighted equally per true-σ bin)."),
+    loss: Optional[str] = typer.Option(None, "--loss", show_default=_default("loss"), help="mse (the paper's), l1, huber, binned_l1 (L1 weighted equally per true-σ bin) or log_l1 (L1 on log(1 + σ))."),
     recipe: Optional[str] = typer.Option(None, "--recipe", show_default=_default("recipe"), help="Synthesis recipe (name or JSON) for the stream and the validation split."),
     source: Optional[str] = typer.Option(None, "--source", show_default=_default("source"), help="Photos for the synthetic stream: bundled (default), a folder, or coco:DIR."),
     config: Optional[Path] = typer.Option(None, "--config", help="JSON config; its \"train\" section sets defaults that flags override."),

@@ -8,7 +8,7 @@ from typing import Any
 
 from hdme.errors import HdmeError
 
-LOSSES = ("mse", "l1", "huber", "binned_l1")
+LOSSES = ("mse", "l1", "huber", "binned_l1", "log_l1")
 SCHEDULES = ("step", "cosine")
 
 
