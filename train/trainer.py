@@ -66,7 +66,7 @@ def log_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 between log(1 + σ) of prediction and truth. An L1 loss fits the median of what the truth can
     be, under any increasing transform, so this keeps L1's answer where the blur is ambiguous and only
     moves where the network spends its capacity: toward the precision of small σ, which labels past
-    10 px cost (RTF's per-pixel errors grew while its bin means held, model card run u)."""
+    10 px cost (RTF's per-pixel errors grew while its bin means held, model card run t)."""
     return F.l1_loss(log_sigma(pred), log_sigma(target))
 
 
