@@ -55,7 +55,7 @@ def binned_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def log_sigma(x: torch.Tensor) -> torch.Tensor:
-    """σ/10 → log(1 + σ px) / log(11): 0 and 1 stay put, a px of error at 1 px weighs ~5× one at
+    """σ/10 → log(1 + σ px) / log(11): 0 and 1 stay put, a px of error at 1 px weighs 5.5× one at
     10 px. Negative outputs (the training output is not clamped) continue the curve's slope at 0,
     so the loss stays finite and pulls them up."""
     scale = SIGMA_SCALE / math.log1p(SIGMA_SCALE)
@@ -66,7 +66,8 @@ def log_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """L1 between log(1 + σ) of prediction and truth. An L1 loss fits the median of what the truth can
     be, under any increasing transform, so this keeps L1's answer where the blur is ambiguous and only
     moves where the network spends its capacity: toward the precision of small σ, which labels past
-    10 px cost (RTF's per-pixel errors grew while its bin means held, model card run t)."""
+    10 px cost (RTF's per-pixel errors grew while its bin means held, model card run t). Against L1 (model
+    card runs y/w on the same samples, x/t): RTF 5 % / 12 % better, blur past 7 px a little lower."""
     return F.l1_loss(log_sigma(pred), log_sigma(target))
 
 
