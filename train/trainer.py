@@ -58,8 +58,7 @@ def log_sigma(x: torch.Tensor) -> torch.Tensor:
     """σ/10 → log(1 + σ px) / log(11): 0 and 1 stay put, a px of error at 1 px weighs 5.5× one at
     10 px. Negative outputs (the training output is not clamped) continue the curve's slope at 0,
     so the loss stays finite and pulls them up."""
-    scale = SIGMA_SCALE / math.log1p(SIGMA_SCALE)
-    return torch.log1p(SIGMA_SCALE * x.clamp(min=0)) / math.log1p(SIGMA_SCALE) + scale * x.clamp(max=0)
+    return (torch.log1p(SIGMA_SCALE * x.clamp(min=0)) + SIGMA_SCALE * x.clamp(max=0)) / math.log1p(SIGMA_SCALE)
 
 
 def log_l1_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
