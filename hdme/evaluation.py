@@ -125,7 +125,10 @@ def synthetic_set(definition: SyntheticSet) -> EvalSet:
         ) from None
     images, sigmas = render_set(definition.recipe, definition.size, definition.count, definition.seed)
     samples = [Sample(f"{definition.name}_{i:04d}", rgb, sigma=sigma) for i, (rgb, sigma) in enumerate(zip(images, sigmas))]
-    return EvalSet(definition.name, "map", samples, definition.note)
+    # Another seed, recipe, size or count is another set: its column and JSON key say which, and it
+    # cannot pass for (or be dropped as a repeat of) the registered set beside it.
+    name = definition.name if definition == SYNTHETIC_SETS[definition.name] else definition.spec
+    return EvalSet(name, "map", samples, definition.note)
 
 
 def load_eval_set(spec: str) -> EvalSet:

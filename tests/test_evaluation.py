@@ -23,7 +23,7 @@ def _bench(tmp_path, model: str, backend: str) -> dict:
     result = CliRunner().invoke(app, ["bench", "accuracy", "--dataset", SPEC, "--model", model, "--backend", backend,
                                       "--method", "hdme", "--tta", "none", "--json", str(out)])
     assert result.exit_code == 0, result.output
-    return json.loads(out.read_text())["runs"][0]["datasets"]["synthetic"]
+    return json.loads(out.read_text())["runs"][0]["datasets"][SPEC]
 
 
 def test_training_quantisation_and_bench_agree_exactly(tiny_export, tmp_path):
