@@ -116,10 +116,13 @@ def _reach(kernel: np.ndarray, angles: np.ndarray) -> list[float]:
 
 def test_apertures_are_their_shapes():
     sigma = 6.0
-    ring, dimrim, disc = (psf_kernel(s, sigma) for s in ("ring", "dimrim", "disc"))
+    ring, brightrim, dimrim, disc = (psf_kernel(s, sigma) for s in ("ring", "brightrim", "dimrim", "disc"))
     r = ring.shape[0] // 2
-    # the ring is brighter near its rim than at its centre, the dimmed rim darker; a disc is flat inside
+    # the ring is brighter near its rim than at its centre, the bright rim less so, the dimmed rim
+    # darker; a disc is flat inside
     assert ring[r, r + int(0.8 * r)] > 2.0 * ring[r, r]
+    r = brightrim.shape[0] // 2
+    assert 1.3 * brightrim[r, r] < brightrim[r, r + int(0.8 * r)] < 2.0 * brightrim[r, r]
     r = dimrim.shape[0] // 2
     assert dimrim[r, r + int(0.8 * r)] < 0.7 * dimrim[r, r]
     assert disc[disc.shape[0] // 2, disc.shape[0] // 2] == pytest.approx(disc.max())

@@ -8,10 +8,11 @@ blurred with its level's kernel and the layers are summed. The blurs run in the 
 Every PSF shape is labelled by its second-moment σ (per axis): a disc of radius r has σ ≈ r/2.
 Shapes: ``gaussian``; ``disc`` (a circular aperture); ``mixture`` (a disc softened by a Gaussian);
 ``pentagon`` and ``octagon`` (five- and eight-bladed irises); ``dimrim`` (a disc darker towards its
-rim, as under-corrected spherical aberration makes it); ``hexagon`` (a six-bladed iris); ``ring`` (a
-disc brighter towards its rim, as over-corrected spherical aberration makes it). Training recipes
-draw from the first six; ``hexagon`` and ``ring`` stay out of them, for the evaluation sets away from
-the training mix.
+rim, as under-corrected spherical aberration makes it); ``brightrim`` (a disc twice as bright at its
+rim as at its centre, as over-corrected spherical aberration makes it); ``hexagon`` (a six-bladed
+iris); ``ring`` (a disc four times as bright at its rim, over-correction taken further). Training
+recipes draw from the first seven; ``hexagon`` and ``ring`` stay out of them, for the evaluation sets
+away from the training mix.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from hdme.conventions import SIGMA_MAX
 
-PSF_SHAPES = ("gaussian", "disc", "mixture", "pentagon", "octagon", "dimrim", "hexagon", "ring")
+PSF_SHAPES = ("gaussian", "disc", "mixture", "pentagon", "octagon", "dimrim", "brightrim", "hexagon", "ring")
 # The σ grid is placed so that ‖two-level mixture − exact Gaussian kernel‖₁ ≤ max_error for every
 # σ: then for any image in [0, 1] and any σ map the render is within about max_error of a per-pixel
 # brute-force scatter (a constant map would allow twice that, as a kernel difference sums to zero).
@@ -34,7 +35,7 @@ _MIXTURE_GAUSS_FRACTION = 0.5  # soft disc: σ_gauss = 0.5·σ, σ_disc = √(1 
 _IRIS_TURN = 0.2  # rad: the iris's blades are not aligned with the pixel grid
 _IRIS_BLADES = {"pentagon": 5, "hexagon": 6, "octagon": 8}
 # Apertures whose weight changes with r² from the centre to the rim: (centre, rim).
-_PROFILES = {"ring": (0.25, 1.0), "dimrim": (1.0, 0.3)}
+_PROFILES = {"ring": (0.25, 1.0), "brightrim": (0.5, 1.0), "dimrim": (1.0, 0.3)}
 _APERTURE_MIN_SIGMA = 1.0  # px: smaller iris and profiled PSFs are an impulse mixed with this one
 
 
