@@ -5,7 +5,8 @@ grows linearly with the distance from its in-focus position, and the camera's ow
 quadrature: σ_k² ≈ a²(k − k_f)² + σ_floor². σ² is therefore a parabola in the frame index, and the
 parabola through σ² at the frame of minimum σ and its two neighbours gives the in-focus position k_f
 to a fraction of a frame. The defocus of a point along a sweep is unimodal; a curve that is not says
-the point moved, was occluded, or the map is unreliable there.
+the point moved, was occluded, or the map is unreliable there. A frame that cannot be read keeps its
+place in the sweep as a gap, so the frames after it keep their step positions.
 
 Depth. Thin lens (paper Eq. 2): a point at distance u, with the lens focused at D, spreads into a
 blur circle of radius R = f·s/(2N)·|1/D − 1/u| on the sensor, s = f·D/(D − f) the lens-to-sensor
@@ -83,22 +84,28 @@ def sample_sigma(sigma: np.ndarray, targets: list[Target]) -> np.ndarray:
 
 
 def focus_position(curve: np.ndarray) -> tuple[int, float]:
-    """(frame of minimum σ, sub-frame in-focus position from the parabola through σ² there)."""
+    """(frame of minimum σ, sub-frame in-focus position from the parabola through σ² there and at the
+    nearest frame on each side). Gaps (NaN) are skipped; the parabola then spans unequal steps."""
     curve = np.asarray(curve, dtype=np.float64)
-    k = int(np.argmin(curve))
-    if k == 0 or k == len(curve) - 1:
+    present = np.flatnonzero(np.isfinite(curve))
+    j = int(np.argmin(curve[present]))
+    k = int(present[j])
+    if j == 0 or j == len(present) - 1:
         return k, float(k)
-    before, centre, after = curve[k - 1] ** 2, curve[k] ** 2, curve[k + 1] ** 2
-    curvature = before - 2.0 * centre + after
-    if curvature <= 0:
+    x = present[j - 1 : j + 2].astype(np.float64) - k
+    y = curve[present[j - 1 : j + 2]] ** 2
+    # y = a·x² + b·x + c through the three points; the vertex is at −b / 2a
+    a, b, _ = np.linalg.solve(np.vander(x, 3), y)
+    if a <= 0:
         return k, float(k)
-    return k, float(k + np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+    return k, float(k + np.clip(-b / (2.0 * a), x[0] / 2.0, x[2] / 2.0))
 
 
 def is_unimodal(curve: np.ndarray, tolerance: float | None = None) -> bool:
     """True when σ falls to its minimum and rises after it, ignoring wiggles below ``tolerance`` px
-    (default: 5 % of the curve's range plus 0.05 px)."""
+    (default: 5 % of the curve's range plus 0.05 px) and gaps (NaN)."""
     curve = np.asarray(curve, dtype=np.float64)
+    curve = curve[np.isfinite(curve)]
     if len(curve) < 3:
         return True
     if tolerance is None:
@@ -109,21 +116,28 @@ def is_unimodal(curve: np.ndarray, tolerance: float | None = None) -> bool:
     return bool(np.all(falling - curve[: k + 1] <= tolerance) and np.all(rising - curve[k:] <= tolerance))
 
 
+def _listed(curve: np.ndarray) -> list[float | None]:
+    return [None if not np.isfinite(v) else round(float(v), 4) for v in curve]
+
+
 def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict:
-    """σ of each target in each frame (``frames``: RGB uint8 arrays), the in-focus frame per target,
-    and whether each curve is unimodal."""
+    """σ of each target in each frame (``frames``: RGB uint8 arrays, None for a frame that could not
+    be read: a gap, null in the curves), the in-focus frame per target, and whether each curve is
+    unimodal."""
     from hdme.runtime.predict import range_top
 
     rows = []
     for frame in frames:
-        rows.append(sample_sigma(np.asarray(predictor.predict(frame)), targets))
+        rows.append(np.full(len(targets), np.nan) if frame is None else sample_sigma(np.asarray(predictor.predict(frame)), targets))
         if on_frame:
             on_frame()
-    if len(rows) < 3:
-        raise HdmeError(f"a focus sweep needs at least 3 frames, got {len(rows)}")
+    readable = sum(bool(np.isfinite(row).all()) for row in rows)
+    if readable < 3:
+        raise HdmeError(f"a focus sweep needs at least 3 frames, got {readable}" + (f" of {len(rows)} readable" if readable < len(rows) else ""))
     sigma = np.stack(rows)
     top = range_top(predictor)
-    result = {"targets": [], "sigma": sigma.round(4).tolist()}
+    present = np.flatnonzero(np.isfinite(sigma[:, 0]))
+    result = {"targets": [], "sigma": [_listed(row) for row in sigma], "gaps": [int(k) for k in np.flatnonzero(~np.isfinite(sigma[:, 0]))]}
     for i, target in enumerate(targets):
         curve = sigma[:, i]
         frame, position = focus_position(curve)
@@ -134,15 +148,15 @@ def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict
                 "y": target.y,
                 "w": target.w,
                 "h": target.h,
-                "sigma": curve.round(4).tolist(),
+                "sigma": _listed(curve),
                 "focus_frame": frame,
                 "focus_position": round(position, 3),
                 "min_sigma": float(curve[frame]),
-                "at_sweep_end": frame in (0, len(curve) - 1),
+                "at_sweep_end": frame in (present[0], present[-1]),
                 "unimodal": is_unimodal(curve),
                 # Frames where the point reads at the top of the predictor's range: its blur there
                 # may be larger, and the curve flattens instead of rising.
-                "saturated_frames": int(np.sum(curve >= top)),
+                "saturated_frames": int(np.sum(curve[present] >= top)),
             }
         )
     return result
@@ -158,7 +172,8 @@ def plot_sweep(result: dict, frame_names: list[str], path: str | os.PathLike) ->
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=120)
     for t in result["targets"]:
-        line = ax.plot(t["sigma"], marker="o", ms=3, label=f"{t['target']}: focus at {t['focus_position']:.2f}")
+        curve = np.array([np.nan if v is None else v for v in t["sigma"]], np.float64)  # a gap breaks the line
+        line = ax.plot(curve, marker="o", ms=3, label=f"{t['target']}: focus at {t['focus_position']:.2f}")
         ax.axvline(t["focus_position"], color=line[0].get_color(), ls="--", lw=0.8)
     ax.set_xlabel("frame")
     ax.set_ylabel("σ (px)")
@@ -197,8 +212,16 @@ def run_focus_sweep(frames: list[str], points: str | None, regions: str | None, 
         raise HdmeError(f"a focus sweep needs at least 3 frames, got {len(paths)}")
     predictor = predictor_for(method, model, backend, report=lambda line: console.print(line, style="yellow"),
                               extend_range=extend_range)
-    images = (read_image(p) for p in paths)
-    result = focus_sweep(track(images, total=len(paths), description="sweep", console=console, transient=True), targets, predictor)
+
+    def frames_or_gaps():
+        for path in paths:
+            try:
+                yield read_image(path)
+            except HdmeError as exc:
+                console.print(f"skipping frame {exc} (its place in the sweep stays empty)", style="yellow")
+                yield None
+
+    result = focus_sweep(track(frames_or_gaps(), total=len(paths), description="sweep", console=console, transient=True), targets, predictor)
     result["frames"] = [str(p) for p in paths]
     table = Table(title="Focus sweep")
     for col in ("target", "in-focus frame", "position", "min σ px", "unimodal"):

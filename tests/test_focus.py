@@ -56,7 +56,10 @@ def test_sub_frame_position_is_exact_for_the_thin_lens_curve():
         curve = np.sqrt((0.8 * (k - true_focus)) ** 2 + 0.4**2)
         frame, position = focus_position(curve)
         assert frame == int(round(true_focus)) and position == pytest.approx(true_focus, abs=1e-9)
-    # the linear model σ = a|k − k_f| + floor is V-shaped: the parabola on σ² still lands within 0.1 frame
+        gapped = curve.copy()
+        gapped[int(round(true_focus)) - 1] = np.nan  # an unreadable frame beside the minimum: the parabola spans it
+        assert focus_position(gapped) == pytest.approx((int(round(true_focus)), true_focus), abs=1e-9)
+    # a linear model σ = a|k − k_f| + floor is V-shaped: the parabola on σ² still lands within 0.1 frame
     _, position = focus_position(0.6 * np.abs(k - 4.3) + 0.3)
     assert abs(position - 4.3) < 0.1
 
@@ -69,6 +72,31 @@ def test_injected_predictor_and_unimodality():
     assert is_unimodal([3.0, 2.0, 2.02, 1.0, 1.5, 3.0])  # a wiggle below the tolerance
     edge = focus_position([0.5, 1.0, 2.0])
     assert edge == (0, 0.0)
+
+
+def test_cli_sweep_skips_an_unreadable_frame_and_keeps_its_place(tmp_path):
+    from hdme.cli import app
+
+    paths = []
+    for k, frame in enumerate(sweep_frames()):
+        paths.append(tmp_path / f"frame_{k:02d}.png")
+        cv2.imwrite(str(paths[-1]), frame[..., ::-1])
+    paths[FOCUS_FRAME + 1].write_bytes(b"not a png")  # beside the in-focus frame, so the parabola must span the gap
+    out_json = tmp_path / "sweep.json"
+    args = ["focus-sweep", *map(str, paths), "--points", "80,64", "--method", "zhuo-sim", "--json", str(out_json)]
+    result = CliRunner().invoke(app, [*args, "--plot", str(tmp_path / "sweep.png")])
+    assert result.exit_code == 0, result.output
+    assert f"skipping frame {paths[FOCUS_FRAME + 1]}: corrupt or unreadable image" in result.output
+    doc = json.loads(out_json.read_text())
+    (t,) = doc["targets"]
+    assert doc["gaps"] == [FOCUS_FRAME + 1] and t["sigma"][FOCUS_FRAME + 1] is None and doc["sigma"][FOCUS_FRAME + 1] == [None]
+    assert t["focus_frame"] == FOCUS_FRAME and abs(t["focus_position"] - FOCUS_FRAME) <= 0.5 and t["unimodal"]
+    assert (tmp_path / "sweep.png").stat().st_size > 0
+    for path in paths[:-2]:  # three readable frames are the least a sweep needs
+        path.write_bytes(b"")
+    result = CliRunner().invoke(app, args)
+    assert isinstance(result.exception, HdmeError)
+    assert str(result.exception) == "a focus sweep needs at least 3 frames, got 2 of 11 readable"
 
 
 def test_targets_parse_and_reject():
