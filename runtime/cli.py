@@ -424,7 +424,8 @@ def focus_sweep_command(
     result = run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path, extend_range)
     for t in result["targets"]:
         if t["saturated_frames"]:
-            _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {len(t['sigma'])} frames", extend_range)
+            read = sum(v is not None for v in t["sigma"])  # gaps (unreadable frames) are not frames of the sweep
+            _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {read} frames", extend_range)
     _warn_low_jpeg([Path(f) for f in result["frames"]])
 
 
