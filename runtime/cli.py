@@ -426,7 +426,7 @@ def focus_sweep_command(
         if t["saturated_frames"]:
             read = sum(v is not None for v in t["sigma"])  # gaps (unreadable frames) are not frames of the sweep
             _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {read} frames", extend_range)
-    _warn_low_jpeg([Path(f) for f in result["frames"]])
+    _warn_low_jpeg([Path(f) for k, f in enumerate(result["frames"]) if k not in result["gaps"]])
 
 
 def depth_command(

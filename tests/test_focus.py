@@ -205,6 +205,7 @@ def test_cli_sweep_and_depth_say_when_their_frames_were_compressed_hard(tmp_path
     frames.mkdir()
     for k, quality in enumerate((20, 90, 25, 95)):
         cv2.imwrite(str(frames / f"f{k}.jpg"), textured_rgb(64, 64, seed=k), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    (frames / "f4.jpg").write_bytes(b"")  # unreadable: a gap, not one of the frames counted
     runner = CliRunner()
     result = runner.invoke(app, ["focus-sweep", str(frames), "--points", "32,32", "--method", "hdme", "--model", str(model)])
     assert result.exit_code == 0, result.output
