@@ -199,7 +199,8 @@ RECIPES["hdme-field-flat"] = dataclasses.replace(
 # rim, which the network reads as a sharper edge. Over-corrected lenses blur that way ("soap-bubble"
 # bokeh). The ring stays out, so `away-leaves` now asks whether the reading carries past the rim
 # brightness trained on. Run ac (model card) took 4 % off dead leaves under every PSF against its
-# control, the ring's 7–10 px reading barely (4.68 → 4.84 px for 8.49): not shipped.
+# control, the ring's 7–10 px reading barely (4.68 → 4.84 px for 8.49); run ad, the same under `l1`,
+# did not help the ring against its control at all. Not shipped.
 RECIPES["hdme-field-rim"] = dataclasses.replace(
     RECIPES["hdme-field-jpeg"], name="hdme-field-rim",
     psf={"gaussian": 0.25, "disc": 0.2, "mixture": 0.15, "pentagon": 0.1, "octagon": 0.1, "dimrim": 0.1, "brightrim": 0.1})
