@@ -422,11 +422,12 @@ def focus_sweep_command(
     from hdme.runtime.focus import run_focus_sweep
 
     result = run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path, extend_range)
+    # Gaps (unreadable frames) are not frames of the sweep.
+    read = [Path(f) for k, f in enumerate(result["frames"]) if k not in result["gaps"]]
     for t in result["targets"]:
         if t["saturated_frames"]:
-            read = sum(v is not None for v in t["sigma"])  # gaps (unreadable frames) are not frames of the sweep
-            _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {read} frames", extend_range)
-    _warn_low_jpeg([Path(f) for k, f in enumerate(result["frames"]) if k not in result["gaps"]])
+            _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {len(read)} frames", extend_range)
+    _warn_low_jpeg(read)
 
 
 def depth_command(

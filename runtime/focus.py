@@ -131,13 +131,13 @@ def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict
         rows.append(np.full(len(targets), np.nan) if frame is None else sample_sigma(np.asarray(predictor.predict(frame)), targets))
         if on_frame:
             on_frame()
-    readable = sum(bool(np.isfinite(row).all()) for row in rows)
-    if readable < 3:
-        raise HdmeError(f"a focus sweep needs at least 3 frames, got {readable}" + (f" of {len(rows)} readable" if readable < len(rows) else ""))
+    read = np.array([bool(np.isfinite(row).all()) for row in rows], dtype=bool)
+    if read.sum() < 3:
+        raise HdmeError(f"a focus sweep needs at least 3 frames, got {read.sum()}" + ("" if read.all() else f" of {len(rows)} readable"))
     sigma = np.stack(rows)
     top = range_top(predictor)
-    present = np.flatnonzero(np.isfinite(sigma[:, 0]))
-    result = {"targets": [], "sigma": [_listed(row) for row in sigma], "gaps": [int(k) for k in np.flatnonzero(~np.isfinite(sigma[:, 0]))]}
+    present = np.flatnonzero(read)
+    result = {"targets": [], "sigma": [_listed(row) for row in sigma], "gaps": np.flatnonzero(~read).tolist()}
     for i, target in enumerate(targets):
         curve = sigma[:, i]
         frame, position = focus_position(curve)

@@ -149,7 +149,7 @@ def test_a_changed_synthetic_set_is_named_by_its_spec():
     res = run_accuracy(["synthetic:2,size=64,seed=5", "synthetic:2,size=64"], [stand_in("c", ConstantPredictor(1.0))],
                        report=lines.append, progress=False)
     assert list(res["datasets"]) == ["synthetic:2,size=64,seed=5", "synthetic:2,size=64"] and not lines
-    assert load_eval_set("synthetic:2").name == "synthetic:2"  # a count is a set of its own too  # the registered set keeps its name
+    assert load_eval_set("synthetic:2").name == "synthetic:2"  # a count is a set of its own too
 
 
 def test_a_model_that_cannot_load_is_one_line(map_dir):
