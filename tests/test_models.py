@@ -145,3 +145,30 @@ def test_global_context_starts_as_identity_and_warm_starts_from_weights_without_
         load_init_state(create_model("hdme-tiny"), path)
     with pytest.raises(HdmeError, match="unknown config keys"):
         create_model("hdme-edge", global_contex=8)
+
+
+def test_blocks_appended_to_branches_start_as_identity_and_grow_a_deeper_model_from_weights(tmp_path):
+    torch.manual_seed(3)
+    shallow = create_model("hdme-edge", **SMALL["hdme-edge"]).eval()
+    with torch.no_grad():
+        shallow.out.bias.fill_(0.5)
+    path = save_model(shallow, tmp_path / "shallow.safetensors")
+    stages = [dict(stage) for stage in SMALL["hdme-edge"]["stages"]]
+    stages[-1]["blocks"] += 2
+    deep = create_model("hdme-edge", **{**SMALL["hdme-edge"], "stages": stages}).eval()
+    assert load_init_state(deep, path) == ["stages.1.0.branches.*.1", "stages.1.0.branches.*.2"]
+    assert count_params(deep) > count_params(shallow)
+    x = torch.rand(1, 3, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(deep(x), shallow(x))
+        torch.nn.init.normal_(deep.stages[1][0].branches[0][2].conv2[1].weight)
+        assert not torch.equal(deep(x), shallow(x))
+
+    # A shallower model does not load the deeper weights, nor one deeper in another stage only.
+    saved = save_model(deep, tmp_path / "deep.safetensors")
+    with pytest.raises(HdmeError, match="do not fit"):
+        load_init_state(create_model("hdme-edge", **SMALL["hdme-edge"]), saved)
+    stages[-1]["blocks"] = 1
+    stages[0]["blocks"] += 1
+    with pytest.raises(HdmeError, match="do not fit"):
+        load_init_state(create_model("hdme-edge", **{**SMALL["hdme-edge"], "stages": stages}), saved)

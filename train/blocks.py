@@ -35,6 +35,9 @@ class BasicBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv2(self.conv1(x)) + self.shortcut(x))
 
+    def start_as_identity(self) -> None:
+        start_as_identity(self, self.conv2)
+
 
 class Bottleneck(nn.Module):
     expansion = 4
@@ -50,6 +53,18 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.relu(self.conv3(self.conv2(self.conv1(x))) + self.shortcut(x))
+
+    def start_as_identity(self) -> None:
+        start_as_identity(self, self.conv3)
+
+
+def start_as_identity(block: nn.Module, last: nn.Sequential) -> None:
+    """Zero the scale of a residual block's last BatchNorm: with an identity shortcut and an input
+    that is itself a ReLU's output (as every block's input in these networks is), the block then
+    passes its input through unchanged until trained, so it can be added to trained weights."""
+    if not isinstance(block.shortcut, nn.Identity):
+        raise ValueError("only a block with an identity shortcut can start as the identity")
+    nn.init.zeros_(last[1].weight)
 
 
 BLOCKS = {"basic": BasicBlock, "bottleneck": Bottleneck}
