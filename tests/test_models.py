@@ -156,13 +156,23 @@ def test_blocks_appended_to_branches_start_as_identity_and_grow_a_deeper_model_f
     stages = [dict(stage) for stage in SMALL["hdme-edge"]["stages"]]
     stages[-1]["blocks"] += 2
     deep = create_model("hdme-edge", **{**SMALL["hdme-edge"], "stages": stages}).eval()
-    assert load_init_state(deep, path) == ["stages.1.0.branches.*.1", "stages.1.0.branches.*.2"]
+    grown = load_init_state(deep, path)
+    assert grown == [f"stages.1.0.branches.{b}.{k}" for b in range(3) for k in (1, 2)]
     assert count_params(deep) > count_params(shallow)
     x = torch.rand(1, 3, 64, 96)
     with torch.no_grad():
         assert torch.equal(deep(x), shallow(x))
         torch.nn.init.normal_(deep.stages[1][0].branches[0][2].conv2[1].weight)
         assert not torch.equal(deep(x), shallow(x))
+
+    # The added blocks may learn at a rate of their own; everything else keeps the run's.
+    from hdme.train.trainer import param_groups
+
+    slow, fast = param_groups(deep, grown, 1e-4, 20.0)
+    assert (slow["lr"], fast["lr"]) == (1e-4, 2e-3)
+    assert len(fast["params"]) == 6 * len(grown)  # two convolutions and two BatchNorms (scale, shift) each
+    assert len(slow["params"]) + len(fast["params"]) == len(list(deep.parameters()))
+    assert len(param_groups(deep, grown, 1e-4, 1.0)) == len(param_groups(shallow, [], 1e-4, 20.0)) == 1
 
     # A shallower model does not load the deeper weights, nor one deeper in another stage only.
     saved = save_model(deep, tmp_path / "deep.safetensors")

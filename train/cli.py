@@ -69,6 +69,7 @@ def train_command(
     config: Optional[Path] = typer.Option(None, "--config", help="JSON config; its \"train\" section sets defaults that flags override."),
     resume: bool = typer.Option(False, "--resume", help="Continue OUT/last.ckpt exactly, with the options in OUT/config.json unless given again."),
     init: Optional[Path] = typer.Option(None, "--init", help="Start from these weights (.safetensors), e.g. to fine-tune."),
+    fresh_lr_factor: Optional[float] = typer.Option(None, "--fresh-lr-factor", show_default=_default("fresh_lr_factor"), help="Learning rate of what --init leaves at its identity start (added blocks, a new global context) relative to --lr."),
     val_every: Optional[int] = typer.Option(None, "--val-every", show_default=_default("val_every"), help="Validate every K steps."),
     ckpt_every: Optional[int] = typer.Option(None, "--ckpt-every", show_default=_default("ckpt_every"), help="Checkpoint every K steps."),
     ckpt_minutes: Optional[float] = typer.Option(None, "--ckpt-minutes", show_default=_default("ckpt_minutes"), help="Also checkpoint after M minutes of wall time since the last one."),
@@ -89,7 +90,7 @@ def train_command(
     values.update(read_train_config(config) if config else {})
     flags = {
         "model": model, "out": out, "data": data, "steps": steps, "epochs": epochs, "batch": batch, "size": size,
-        "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "val_every": val_every,
+        "lr": lr, "schedule": schedule, "loss": loss, "recipe": recipe, "source": source, "init": init, "fresh_lr_factor": fresh_lr_factor, "val_every": val_every,
         "ckpt_every": ckpt_every, "ckpt_minutes": ckpt_minutes, "seed": seed, "amp": amp, "workers": workers, "max_minutes": max_minutes,
         "fit_minutes": fit_minutes, "ema_decay": ema_decay,
     }

@@ -53,6 +53,10 @@ class TrainConfig:
     init: str | None = None
     resume: bool = False
     model_overrides: dict[str, Any] = field(default_factory=dict)
+    # Learning rate of the parts --init leaves at their identity start (added blocks, a new
+    # GlobalContext) relative to the rest: a block whose last BatchNorm starts at scale zero is
+    # hardly taken up at a fine-tune's rate.
+    fresh_lr_factor: float = 1.0
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
@@ -77,7 +81,7 @@ class TrainConfig:
             raise HdmeError("fit_minutes must be positive and needs steps (the most the run may take)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise HdmeError("ema_decay must be within [0, 1)")
-        for name in ("batch", "size", "val_every", "val_count", "ckpt_every", "log_every", "ckpt_minutes"):
+        for name in ("batch", "size", "val_every", "val_count", "ckpt_every", "log_every", "ckpt_minutes", "fresh_lr_factor"):
             if getattr(self, name) <= 0:
                 raise HdmeError(f"{name} must be positive")
         if self.echo < 1 or self.pool < 1 or self.workers < 0:

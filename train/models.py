@@ -267,20 +267,19 @@ def resolve_weights(name_or_path: str | os.PathLike) -> Path:
 
 
 # A residual block of an HRModule branch: stages.<stage>.<module>.branches.<branch>.<block>
-_BRANCH_BLOCK = re.compile(r"^(stages\.(\d+)\.(\d+)\.branches\.\d+\.(\d+))\.")
+_BRANCH_BLOCK = re.compile(r"^(stages\.\d+\.\d+\.branches\.\d+\.(\d+))\.")
 
 
 def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
     """Warm-start ``model`` from weights of the same architecture, or of one without parts that
     start as the identity: a GlobalContext, or residual blocks appended to the branches of a stage
-    (a deeper variant grown from trained weights). Returns the names of such parts left at their start."""
+    (a deeper variant grown from trained weights). Returns the module names of such parts left at their start."""
     try:
         missing, unexpected = model.load_state_dict(load_state(path), strict=False)
     except RuntimeError as exc:  # a tensor of another shape
         raise HdmeError(f"{path}: weights do not fit {model.name} ({str(exc).splitlines()[-1].strip()})") from None
     missing_set = set(missing)
-    added: dict[str, nn.Module] = {}  # prefix → block
-    grown = set()
+    added: dict[str, nn.Module] = {}  # module name → block
     for key in missing:
         match = _BRANCH_BLOCK.match(key)
         if match and match.group(1) not in added:
@@ -289,10 +288,9 @@ def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
             # Only whole blocks behind a loaded first block of their branch: anything else is a mismatch.
             whole = all(f"{prefix}.{name}" in missing_set for name in block.state_dict()
                         if not name.endswith("num_batches_tracked"))  # BatchNorm loads without it
-            first_loaded = int(match.group(4)) > 0 and f"{prefix.rsplit('.', 1)[0]}.0.conv1.0.weight" not in missing_set
+            first_loaded = int(match.group(2)) > 0 and f"{prefix.rsplit('.', 1)[0]}.0.conv1.0.weight" not in missing_set
             if whole and first_loaded and isinstance(block.shortcut, nn.Identity):
                 added[prefix] = block
-                grown.add(f"stages.{match.group(2)}.{match.group(3)}.branches.*.{match.group(4)}")
     leftover = [k for k in missing if not (m := _BRANCH_BLOCK.match(k)) or m.group(1) not in added]
     fresh = sorted({k.split(".")[0] for k in leftover})
     if unexpected or set(fresh) - {"context"}:
@@ -300,7 +298,7 @@ def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
         raise HdmeError(f"{path}: weights do not fit {model.name} ({len(keys)} keys such as '{keys[0]}')")
     for block in added.values():
         block.start_as_identity()
-    return fresh + sorted(grown)
+    return fresh + sorted(added)
 
 
 def load_model(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HDMENet:

@@ -91,6 +91,20 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
+
+def param_groups(model: torch.nn.Module, fresh: list[str], lr: float, fresh_factor: float) -> list[dict[str, Any]]:
+    """The trainable parameters as Adam's groups: one, or two when the modules named in ``fresh``
+    (what the warm start left at its identity start) learn at ``fresh_factor`` times ``lr``."""
+    def is_fresh(name: str) -> bool:
+        return any(name == part or name.startswith(part + ".") for part in fresh)
+
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if fresh_factor == 1.0 or not any(is_fresh(name) for name, _ in named):
+        return [{"params": [p for _, p in named], "lr": lr}]
+    return [{"params": [p for name, p in named if not is_fresh(name)], "lr": lr},
+            {"params": [p for name, p in named if is_fresh(name)], "lr": lr * fresh_factor}]
+
+
 class TrainingStopped(KeyboardInterrupt):
     """A run stopped on request (Ctrl-C, SIGTERM) at a step boundary, its state checkpointed."""
 
@@ -186,8 +200,9 @@ class Trainer:
                                             workers=config.workers)
             self.total = config.steps
 
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.Adam(self.params, lr=config.lr, weight_decay=config.weight_decay)
+        groups = param_groups(self.model, fresh, config.lr, config.fresh_lr_factor)
+        self.params = [p for group in groups for p in group["params"]]
+        self.optimizer = torch.optim.Adam(groups, lr=config.lr, weight_decay=config.weight_decay)
         # Reads self.total at every step: --fit-minutes moves it while the run goes.
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: lr_factor(config, step, self.total))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
