@@ -279,18 +279,15 @@ def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
     except RuntimeError as exc:  # a tensor of another shape
         raise HdmeError(f"{path}: weights do not fit {model.name} ({str(exc).splitlines()[-1].strip()})") from None
     missing_set = set(missing)
-    added: dict[str, nn.Module] = {}  # module name → block
-    for key in missing:
-        match = _BRANCH_BLOCK.match(key)
-        if match and match.group(1) not in added:
-            prefix = match.group(1)
-            block = model.get_submodule(prefix)
-            # Only whole blocks behind a loaded first block of their branch: anything else is a mismatch.
-            whole = all(f"{prefix}.{name}" in missing_set for name in block.state_dict()
-                        if not name.endswith("num_batches_tracked"))  # BatchNorm loads without it
-            first_loaded = int(match.group(2)) > 0 and f"{prefix.rsplit('.', 1)[0]}.0.conv1.0.weight" not in missing_set
-            if whole and first_loaded and isinstance(block.shortcut, nn.Identity):
-                added[prefix] = block
+
+    def wholly_missing(name: str) -> bool:  # a partly loaded block is a mismatch; BatchNorm loads without its counter
+        return all(f"{name}.{key}" in missing_set for key in model.get_submodule(name).state_dict()
+                   if not key.endswith("num_batches_tracked"))
+
+    # Only blocks behind the first of their branch: a missing first block means the weights lack the
+    # whole branch, which stays among the leftovers as a mismatch.
+    behind_first = {m.group(1) for k in missing if (m := _BRANCH_BLOCK.match(k)) and int(m.group(2)) > 0}
+    added = {name: model.get_submodule(name) for name in sorted(behind_first) if wholly_missing(name)}
     leftover = [k for k in missing if not (m := _BRANCH_BLOCK.match(k)) or m.group(1) not in added]
     fresh = sorted({k.split(".")[0] for k in leftover})
     if unexpected or set(fresh) - {"context"}:
@@ -298,7 +295,7 @@ def load_init_state(model: HDMENet, path: str | os.PathLike) -> list[str]:
         raise HdmeError(f"{path}: weights do not fit {model.name} ({len(keys)} keys such as '{keys[0]}')")
     for block in added.values():
         block.start_as_identity()
-    return fresh + sorted(added)
+    return fresh + list(added)
 
 
 def load_model(name_or_path: str | os.PathLike, map_location: str | torch.device = "cpu") -> HDMENet:

@@ -91,7 +91,6 @@ def lr_factor(config: TrainConfig, step: int, total: int) -> float:
     return config.min_lr_ratio + (1 - config.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-
 def param_groups(model: torch.nn.Module, fresh: list[str], lr: float, fresh_factor: float) -> list[dict[str, Any]]:
     """The trainable parameters as Adam's groups: one, or two when the modules named in ``fresh``
     (what the warm start left at its identity start) learn at ``fresh_factor`` times ``lr``."""
