@@ -423,7 +423,8 @@ def focus_sweep_command(
 
     result = run_focus_sweep(frames, points, regions, method, model, backend, plot, json_path, extend_range)
     # Gaps (unreadable frames) are not frames of the sweep.
-    read = [Path(f) for k, f in enumerate(result["frames"]) if k not in result["gaps"]]
+    gaps = set(result["gaps"])
+    read = [Path(f) for k, f in enumerate(result["frames"]) if k not in gaps]
     for t in result["targets"]:
         if t["saturated_frames"]:
             _warn_saturated(f"σ at {t['target']} reads in {t['saturated_frames']} of {len(read)} frames", extend_range)

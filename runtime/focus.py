@@ -132,8 +132,9 @@ def focus_sweep(frames, targets: list[Target], predictor, on_frame=None) -> dict
         if on_frame:
             on_frame()
     read = np.array([bool(np.isfinite(row).all()) for row in rows], dtype=bool)
-    if read.sum() < 3:
-        raise HdmeError(f"a focus sweep needs at least 3 frames, got {read.sum()}" + ("" if read.all() else f" of {len(rows)} readable"))
+    readable = int(read.sum())
+    if readable < 3:
+        raise HdmeError(f"a focus sweep needs at least 3 frames, got {readable}" + ("" if read.all() else f" of {len(rows)} readable"))
     sigma = np.stack(rows)
     top = range_top(predictor)
     present = np.flatnonzero(read)
