@@ -132,3 +132,21 @@ def test_apertures_are_their_shapes():
         assert reach.max() - reach.min() >= 0.75, shape
         corners = np.fft.rfft(reach - reach.mean())
         assert int(np.argmax(np.abs(corners[1:40]))) + 1 == blades, shape
+
+
+def test_zoom_in_widens_a_blurred_edge_by_its_factor():
+    import math
+
+    from hdme.train.synth.render import zoom_in
+
+    x = torch.arange(128, dtype=torch.float32) + 0.5
+    edge = 0.5 * (1 + torch.erf((x - 64) / (2.0 * math.sqrt(2))))  # a step blurred with σ = 2 px
+    image = edge.expand(128, 128)[None, None].repeat(2, 3, 1, 1)
+    out = zoom_in(image, torch.tensor([2.0, 1.0]), torch.tensor([[0.5, 0.5], [0.2, 0.9]]), "bicubic")
+    slope = out[0, 0, 64, 1:] - out[0, 0, 64, :-1]
+    slope = slope / slope.sum()
+    at = torch.arange(127, dtype=torch.float32)
+    mean = (slope * at).sum()
+    assert abs(float((slope * (at - mean) ** 2).sum().sqrt()) - 4.0) < 0.1
+    assert abs(float(mean) - 63.0) < 0.1  # the centred window keeps the edge where it was (between pixels 63 and 64)
+    assert torch.allclose(out[1], image[1], atol=1e-5)  # factor 1 keeps the map

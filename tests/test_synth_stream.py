@@ -193,3 +193,34 @@ def test_low_contrast_samples_flatten_the_sharp_image_and_keep_everything_else(s
     assert torch.allclose(sets[1].sharp.std(dim=(1, 2, 3)), 0.5 * sets[0].sharp.std(dim=(1, 2, 3)), rtol=1e-4)
     with pytest.raises(HdmeError, match="contrast must be within"):
         leaves.replace(contrast=0.0)
+
+
+def test_zoomed_samples_are_enlarged_with_their_labels_before_the_noise(source, tmp_path):
+    from hdme.train.synth.stream import draw_batch, render_clean
+
+    recipe = get_recipe("hdme-field-zoom")
+    assert recipe.zoom_probability > 0 and get_recipe("hdme-field-jpeg").zoom_probability == 0
+    plain = recipe.replace(zoom_probability=0.0)
+    zoomed = plain.replace(zoom_probability=1.0, zoom_range=[2.0, 2.0])
+    draws = [draw_batch(r, 64, 8, np.random.default_rng(5), as_source(source)) for r in (plain, zoomed)]
+    assert draws[0].zoom is None
+    # zoom is drawn last: the scenes, σ maps, PSFs and noise of a seed stay as they were
+    assert torch.equal(draws[0].source, draws[1].source) and torch.equal(draws[0].sigma, draws[1].sigma)
+    a, b = (render_clean(r, d, torch.Generator().manual_seed(0)) for r, d in zip((plain, zoomed), draws))
+    factor = draws[1].zoom
+    # every sample goes as far toward 2× as keeps its labels within the σ maximum
+    top = a.sigma.amax(dim=(1, 2, 3))
+    assert torch.allclose(factor, torch.clamp(10.0 / top, 1.0, 2.0), rtol=1e-3) and bool((factor > 1).any())
+    assert float(b.sigma.max()) <= 10.0 + 1e-3
+    for i in range(8):
+        if factor[i] == 1:
+            assert torch.equal(a.image[i], b.image[i]) and torch.equal(a.sigma[i], b.sigma[i])
+        else:  # a window of the rendered sample, its labels times the factor
+            assert float(b.sigma[i].min()) >= float(factor[i] * a.sigma[i].min()) - 1e-3
+            assert float(b.sigma[i].max()) <= float(factor[i] * a.sigma[i].max()) + 1e-3
+            assert not torch.equal(a.image[i], b.image[i]) and 0 <= float(b.image[i].min()) and float(b.image[i].max()) <= 1
+    bad = tmp_path / "bad.json"
+    for value in ([2.0, 1.5], [0.5, 2.0], [1.0, 5.0]):
+        bad.write_text(json.dumps({"data": {"zoom_probability": 0.5, "zoom_range": value}}))
+        with pytest.raises(HdmeError, match="zoom_range must be"):
+            get_recipe(str(bad))

@@ -50,6 +50,8 @@ class SynthRecipe:
     linear_light_probability: float = 0.0  # share of samples blurred in linear light, as a lens blurs, then sRGB-encoded
     low_contrast_probability: float = 0.0  # share of samples whose sharp image is pulled toward its mean grey
     contrast_range: list[float] = field(default_factory=lambda: [0.2, 1.0])  # [lo, hi]: that factor, log-uniform
+    zoom_probability: float = 0.0  # share of samples enlarged after the lens and before the camera's noise
+    zoom_range: list[float] = field(default_factory=lambda: [1.25, 2.5])  # [lo, hi]: that factor, uniform, capped so labels stay ≤ the σ maximum
     min_sharpness: float = 1000.0  # redraw source crops whose shuffle would stay below this Laplacian variance
     render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (speed vs exactness)
 
@@ -63,13 +65,15 @@ class SynthRecipe:
             problems.append(f"noise must be one of {NOISE_MODELS}")
         for key in ("scene_fraction", "fine_scene_fraction", "depth_field_fraction", "field_scene_fraction",
                     "dense_field_fraction", "noise_probability", "jpeg_probability", "bayer_probability",
-                    "linear_light_probability", "low_contrast_probability"):
+                    "linear_light_probability", "low_contrast_probability", "zoom_probability"):
             if not 0.0 <= getattr(self, key) <= 1.0:
                 problems.append(f"{key} must be within [0, 1]")
         if not 0.0 < self.render_error_8bit <= 8.0:
             problems.append("render_error_8bit must be within (0, 8]")
         if not (len(self.contrast_range) == 2 and 0 < self.contrast_range[0] <= self.contrast_range[1] <= 1):
             problems.append("contrast_range must be [lo, hi] with 0 < lo ≤ hi ≤ 1")
+        if not (len(self.zoom_range) == 2 and 1 <= self.zoom_range[0] <= self.zoom_range[1] <= 4):
+            problems.append("zoom_range must be [lo, hi] with 1 ≤ lo ≤ hi ≤ 4")
         if self.camera_sigma is not None and not (len(self.camera_sigma) == 2 and 0 <= self.camera_sigma[0] <= self.camera_sigma[1] < 2):
             problems.append("camera_sigma must be [lo, hi] px with 0 ≤ lo ≤ hi < 2")
         try:
@@ -204,6 +208,15 @@ RECIPES["hdme-field-flat"] = dataclasses.replace(
 RECIPES["hdme-field-rim"] = dataclasses.replace(
     RECIPES["hdme-field-jpeg"], name="hdme-field-rim",
     psf={"gaussian": 0.25, "disc": 0.2, "mixture": 0.15, "pentagon": 0.1, "octagon": 0.1, "dimrim": 0.1, "brightrim": 0.1})
+
+# `hdme-field-jpeg` with 30 % of its samples enlarged 1.25–2.5× between the lens and the sensor's
+# noise, their labels with them, as far as keeps them within 10 px. Every recipe draws its content
+# at one scale, so wide blur always came with the same density of edges per blur width as narrow
+# blur at a small factor of it; enlarged, a sample shows 5–10 px of blur on coarse content with
+# fine grain, and the reading can no longer follow how many edges the frame holds. Runs ae and ag
+# (this recipe without it, 85 min each) are its control.
+RECIPES["hdme-field-zoom"] = dataclasses.replace(RECIPES["hdme-field-jpeg"], name="hdme-field-zoom",
+                                                 zoom_probability=0.3)
 
 
 def recipe_from_dict(data: dict, name: str):

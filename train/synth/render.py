@@ -58,6 +58,21 @@ def scale_contrast(image: torch.Tensor, factor: torch.Tensor | float) -> torch.T
     return mean + factor * (image - mean)
 
 
+def zoom_in(maps: torch.Tensor, factor: torch.Tensor, offset: torch.Tensor, mode: str) -> torch.Tensor:
+    """A window of 1/``factor`` of each [B,C,S,S] map's side, enlarged back to S×S (``mode`` as
+    ``grid_sample``'s). ``offset`` [B,2] in [0, 1] places the window's corner along x and y
+    within the room the window leaves; a factor of 1 keeps the map (up to interpolation)."""
+    factor = factor.to(maps.dtype).reshape(-1)
+    scale = 1.0 / factor
+    # window centre in normalised coordinates: the corner at offset·(1 − 1/f) of the side, plus half a window
+    centre = (offset.to(maps.dtype) * (1.0 - scale[:, None]) + 0.5 * scale[:, None]) * 2.0 - 1.0
+    theta = torch.zeros(len(maps), 2, 3, dtype=maps.dtype, device=maps.device)
+    theta[:, 0, 0] = theta[:, 1, 1] = scale
+    theta[:, :, 2] = centre
+    grid = F.affine_grid(theta, list(maps.shape), align_corners=False)
+    return F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)
+
+
 def gaussian_radius(sigma: float) -> int:
     """Half-width of OpenCV's Gaussian kernel for float images: ksize = round(8σ + 1) | 1."""
     return (int(round(sigma * 8 + 1)) | 1) // 2

@@ -15,7 +15,7 @@ import torch
 from hdme.train.synth.maps import make_map
 from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
-from hdme.train.synth.render import linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear
+from hdme.train.synth.render import linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear, zoom_in
 from hdme.train.synth.scenes import draw_scene
 from hdme.train.synth.shuffle import shuffle_pixels
 from hdme.train.synth.sources import as_source
@@ -45,6 +45,8 @@ class SynthDraw:
     noise: NoiseDraw
     linear: torch.Tensor | None = None  # bool [B]: blurred in linear light
     contrast: torch.Tensor | None = None  # float32 [B]: factor on the sharp image's deviation from its mean
+    zoom: torch.Tensor | None = None  # float32 [B]: the rendered sample enlarged this much (1: as rendered)
+    zoom_offset: torch.Tensor | None = None  # float32 [B,2]: where its window lies, x and y in [0, 1]
 
     def pin_memory(self) -> "SynthDraw":
         """Page-locked copies (a DataLoader calls this), so the copy to the device runs asynchronously."""
@@ -119,7 +121,18 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         lo, hi = np.log(recipe.contrast_range)
         factor = np.where(rng.random(count) < recipe.low_contrast_probability, np.exp(rng.uniform(lo, hi, count)), 1.0)
         contrast = torch.from_numpy(factor.astype(np.float32))
-    return SynthDraw(torch.stack(sources), torch.stack(sigmas).float(), kinds, psf, camera_sigma, noise, linear, contrast)
+    sigma = torch.stack(sigmas).float()
+    zoom = zoom_offset = None
+    if recipe.zoom_probability > 0:
+        wanted = np.where(rng.random(count) < recipe.zoom_probability, rng.uniform(*recipe.zoom_range, count), 1.0)
+        # enlarged no further than keeps every label of the sample within the recipe's range
+        top = sigma.amax(dim=(1, 2)).square()
+        if camera_sigma is not None:
+            top = top + camera_sigma.square()
+        room = (dist.max / top.sqrt().clamp(min=1e-3)).numpy()
+        zoom = torch.from_numpy(np.clip(np.minimum(wanted, room), 1.0, None).astype(np.float32))
+        zoom_offset = torch.from_numpy(rng.random((count, 2)).astype(np.float32))
+    return SynthDraw(torch.stack(sources), sigma, kinds, psf, camera_sigma, noise, linear, contrast, zoom, zoom_offset)
 
 
 def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
@@ -151,7 +164,29 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         image = torch.where(linear, linear_to_srgb(image), image)
     if camera_sigma is not None:
         sigma = (sigma.square() + camera_sigma[:, None, None, None].square()).sqrt()
+    if draw.zoom is not None and bool((draw.zoom > 1).any()):
+        image, sigma, sharp, source_batch = _zoom_samples(draw, image, sigma, sharp, source_batch)
     return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, draw.psf, camera_sigma)
+
+
+def _zoom_samples(draw: SynthDraw, image: torch.Tensor, sigma: torch.Tensor, sharp: torch.Tensor,
+                  source: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The rendered samples a draw enlarges, before noise: the camera's noise, mosaic and JPEG
+    come after the lens at the sensor's own pixel scale, so an enlarged sample shows the same
+    scene content at a coarser scale and with wider blur (its labels times the factor), but the
+    same grain. Samples that stay at factor 1 are left as rendered."""
+    chosen = torch.nonzero(draw.zoom > 1).reshape(-1).to(image.device)
+    factor = draw.zoom.to(image.device)[chosen]
+    offset = draw.zoom_offset.to(image.device)[chosen]
+    out = []
+    for maps, mode, scale in ((image, "bicubic", None), (sigma, "bilinear", factor), (sharp, "bicubic", None),
+                              (source, "bicubic", None)):
+        enlarged = zoom_in(maps[chosen], factor, offset, mode)
+        enlarged = enlarged.clamp(0.0, 1.0) if scale is None else enlarged * scale[:, None, None, None]
+        maps = maps.clone()
+        maps[chosen] = enlarged.to(maps.dtype)
+        out.append(maps)
+    return tuple(out)
 
 
 def render_draw(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
