@@ -161,18 +161,26 @@ def test_a_recipe_may_label_blur_past_the_networks_range(source, tmp_path):
         get_recipe(str(bad))
 
 
-def test_low_contrast_samples_flatten_the_sharp_image_and_keep_everything_else(source, tmp_path):
+def _rendered_with_and_without(plain, changed, count, source):
+    """One seed's draws and clean renders under two recipes that differ only in what ``draw_batch``
+    draws last: the scenes, σ maps, PSFs and noise must stay as they were."""
     from hdme.train.synth.stream import draw_batch, render_clean
+
+    draws = [draw_batch(r, 64, count, np.random.default_rng(5), as_source(source)) for r in (plain, changed)]
+    assert torch.equal(draws[0].source, draws[1].source) and torch.equal(draws[0].sigma, draws[1].sigma)
+    renders = [render_clean(r, d, torch.Generator().manual_seed(0)) for r, d in zip((plain, changed), draws)]
+    return draws, renders
+
+
+def test_low_contrast_samples_flatten_the_sharp_image_and_keep_everything_else(source, tmp_path):
+    from hdme.train.synth.stream import draw_batch
 
     recipe = get_recipe("hdme-field-contrast")
     assert recipe.low_contrast_probability > 0 and get_recipe("hdme-field-past10").low_contrast_probability == 0
     plain = recipe.replace(low_contrast_probability=0.0)
     flat = plain.replace(low_contrast_probability=1.0, contrast_range=[0.25, 0.25])
-    draws = [draw_batch(r, 64, 6, np.random.default_rng(5), as_source(source)) for r in (plain, flat)]
+    draws, (a, b) = _rendered_with_and_without(plain, flat, 6, source)
     assert draws[0].contrast is None and torch.allclose(draws[1].contrast, torch.full((6,), 0.25))
-    # contrast is drawn last: the scenes, σ maps, PSFs and noise of a seed stay as they were
-    assert torch.equal(draws[0].source, draws[1].source) and torch.equal(draws[0].sigma, draws[1].sigma)
-    a, b = (render_clean(r, d, torch.Generator().manual_seed(0)) for r, d in zip((plain, flat), draws))
     assert torch.equal(a.sigma, b.sigma)
     mean = a.sharp.mean(dim=(1, 2, 3), keepdim=True)
     assert torch.allclose(b.sharp, mean + 0.25 * (a.sharp - mean), atol=1e-6)
@@ -196,17 +204,12 @@ def test_low_contrast_samples_flatten_the_sharp_image_and_keep_everything_else(s
 
 
 def test_zoomed_samples_are_enlarged_with_their_labels_before_the_noise(source, tmp_path):
-    from hdme.train.synth.stream import draw_batch, render_clean
-
     recipe = get_recipe("hdme-field-zoom")
     assert recipe.zoom_probability > 0 and get_recipe("hdme-field-jpeg").zoom_probability == 0
     plain = recipe.replace(zoom_probability=0.0)
     zoomed = plain.replace(zoom_probability=1.0, zoom_range=[2.0, 2.0])
-    draws = [draw_batch(r, 64, 8, np.random.default_rng(5), as_source(source)) for r in (plain, zoomed)]
+    draws, (a, b) = _rendered_with_and_without(plain, zoomed, 8, source)
     assert draws[0].zoom is None
-    # zoom is drawn last: the scenes, σ maps, PSFs and noise of a seed stay as they were
-    assert torch.equal(draws[0].source, draws[1].source) and torch.equal(draws[0].sigma, draws[1].sigma)
-    a, b = (render_clean(r, d, torch.Generator().manual_seed(0)) for r, d in zip((plain, zoomed), draws))
     factor = draws[1].zoom
     # every sample goes as far toward 2× as keeps its labels within the σ maximum
     top = a.sigma.amax(dim=(1, 2, 3))
