@@ -178,15 +178,13 @@ def _zoom_samples(draw: SynthDraw, image: torch.Tensor, sigma: torch.Tensor, sha
     chosen = torch.nonzero(draw.zoom > 1).reshape(-1).to(image.device)
     factor = draw.zoom.to(image.device)[chosen]
     offset = draw.zoom_offset.to(image.device)[chosen]
-    out = []
-    for maps, mode, scale in ((image, "bicubic", None), (sigma, "bilinear", factor), (sharp, "bicubic", None),
-                              (source, "bicubic", None)):
-        enlarged = zoom_in(maps[chosen], factor, offset, mode)
-        enlarged = enlarged.clamp(0.0, 1.0) if scale is None else enlarged * scale[:, None, None, None]
-        maps = maps.clone()
-        maps[chosen] = enlarged.to(maps.dtype)
-        out.append(maps)
-    return tuple(out)
+    # the three pictures share one window per sample: one resampling of them stacked by channel
+    pictures = torch.cat([image, sharp, source], dim=1)
+    pictures[chosen] = zoom_in(pictures[chosen], factor, offset, "bicubic").clamp(0.0, 1.0)
+    sigma = sigma.clone()
+    sigma[chosen] = zoom_in(sigma[chosen], factor, offset, "bilinear") * factor[:, None, None, None]
+    image, sharp, source = (p.contiguous() for p in pictures.split(3, dim=1))
+    return image, sigma, sharp, source
 
 
 def render_draw(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generator,
