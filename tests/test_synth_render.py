@@ -56,6 +56,16 @@ def test_camera_blur_adds_in_quadrature(rng):
     assert np.abs(_to_numpy(out) - ref)[8:-8, 8:-8].max() <= 1.0 / 255.0
 
 
+def test_camera_blur_alone_is_an_opencv_gaussian_blur_per_sample(rng):
+    from hdme.train.synth.render import camera_blur
+
+    imgs = rng.random((2, 40, 36, 3)).astype(np.float32)
+    out = camera_blur(torch.from_numpy(imgs).permute(0, 3, 1, 2), torch.tensor([0.3, 1.1]))
+    for img, sigma, got in zip(imgs, (0.3, 1.1), out):
+        ref = cv2.GaussianBlur(img, (0, 0), sigma, borderType=cv2.BORDER_REFLECT_101)
+        assert np.abs(got.permute(1, 2, 0).numpy() - ref).max() <= 1e-5
+
+
 @pytest.mark.parametrize("sigma", [0.8, 1.5, 3.0, 7.5])
 def test_non_gaussian_psfs_are_labelled_by_their_second_moment(sigma):
     for shape in PSF_SHAPES:

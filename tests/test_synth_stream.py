@@ -227,3 +227,33 @@ def test_zoomed_samples_are_enlarged_with_their_labels_before_the_noise(source, 
         bad.write_text(json.dumps({"data": {"zoom_probability": 0.5, "zoom_range": value}}))
         with pytest.raises(HdmeError, match="zoom_range must be"):
             get_recipe(str(bad))
+
+
+def test_zoomed_samples_can_take_the_camera_blur_after_the_enlargement(source):
+    import dataclasses
+
+    from hdme.train.synth.render import camera_blur
+    from hdme.train.synth.stream import draw_batch, render_clean
+
+    recipe = get_recipe("hdme-field-zoom-sensor").replace(zoom_probability=0.5, zoom_range=[2.0, 2.0])
+    assert recipe.zoom_camera_blur_after and not get_recipe("hdme-field-zoom").zoom_camera_blur_after
+    draw = draw_batch(recipe, 64, 12, np.random.default_rng(2), as_source(source))
+    cam = draw.camera_sigma
+    # only the lens blur is enlarged, so it alone must fit within the σ maximum with the camera's
+    lens_top = draw.sigma.amax(dim=(1, 2))
+    room = ((100.0 - cam.square()).sqrt() / lens_top).clamp(1.0, 2.0)
+    zoomed = draw.zoom > 1
+    assert 0 < int(zoomed.sum()) < 12 and torch.allclose(draw.zoom[zoomed], room[zoomed], rtol=1e-4)
+    after = render_clean(recipe, draw, torch.Generator().manual_seed(0))
+    lens_only = render_clean(recipe, dataclasses.replace(draw, camera_sigma=None), torch.Generator().manual_seed(0))
+    # a zoomed sample: the enlarged lens-only render, then the camera's blur at the sensor's scale
+    expected = camera_blur(lens_only.image[zoomed], cam[zoomed])
+    assert torch.allclose(after.image[zoomed], expected, atol=1e-5)
+    expected_sigma = (lens_only.sigma[zoomed].square() + cam[zoomed, None, None, None].square()).sqrt()
+    assert torch.allclose(after.sigma[zoomed], expected_sigma, atol=1e-5)
+    assert float(after.sigma.max()) <= 10.0 + 1e-3
+    # the others as in `hdme-field-zoom`, whose draw they share
+    before = render_clean(recipe.replace(zoom_camera_blur_after=False), draw, torch.Generator().manual_seed(0))
+    assert torch.equal(after.image[~zoomed], before.image[~zoomed]) and torch.equal(after.sigma[~zoomed], before.sigma[~zoomed])
+    # against the enlarged floor of `hdme-field-zoom`, the flat parts of a zoomed frame read sharper
+    assert float(after.sigma[zoomed].amin(dim=(1, 2, 3)).mean()) < float(before.sigma[zoomed].amin(dim=(1, 2, 3)).mean())

@@ -52,6 +52,7 @@ class SynthRecipe:
     contrast_range: list[float] = field(default_factory=lambda: [0.2, 1.0])  # [lo, hi]: that factor, log-uniform
     zoom_probability: float = 0.0  # share of samples enlarged after the lens and before the camera's noise
     zoom_range: list[float] = field(default_factory=lambda: [1.25, 2.5])  # [lo, hi]: that factor, uniform, capped so labels stay ≤ the σ maximum
+    zoom_camera_blur_after: bool = False  # the camera's own blur on an enlarged sample comes after the enlargement, at the sensor's scale
     min_sharpness: float = 1000.0  # redraw source crops whose shuffle would stay below this Laplacian variance
     render_error_8bit: float = 2.0  # worst-case layering error of the render, in 8-bit grey levels (speed vs exactness)
 
@@ -218,6 +219,13 @@ RECIPES["hdme-field-rim"] = dataclasses.replace(
 # higher away from the mix and lost RTF 16 % (0.0585 → 0.0680): not shipped.
 RECIPES["hdme-field-zoom"] = dataclasses.replace(RECIPES["hdme-field-jpeg"], name="hdme-field-zoom",
                                                  zoom_probability=0.3)
+
+# `hdme-field-zoom` with the camera's own blur (0.2–0.45 px) applied after the enlargement. In
+# `hdme-field-zoom` it is enlarged with the lens blur, to 0.25–1.1 px, so the zoomed samples teach
+# that a frame with fine grain can still be blurred by 1 px everywhere: run ah lost RTF, whose
+# labels start at 0.3 px, where the zoomed samples had moved its floor.
+RECIPES["hdme-field-zoom-sensor"] = dataclasses.replace(RECIPES["hdme-field-zoom"], name="hdme-field-zoom-sensor",
+                                                        zoom_camera_blur_after=True)
 
 
 def recipe_from_dict(data: dict, name: str):

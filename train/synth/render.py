@@ -286,6 +286,17 @@ def _gaussian_spectrum(sigmas: torch.Tensor, fft_h: int, fft_w: int) -> torch.Te
     return (torch.fft.fft(taps(fft_h))[:, :, None] * torch.fft.rfft(taps(fft_w))[:, None, :]).to(torch.complex64)
 
 
+def camera_blur(image: torch.Tensor, camera_sigma: torch.Tensor) -> torch.Tensor:
+    """A uniform Gaussian blur of each [B,C,H,W] image by its σ in ``camera_sigma`` [B] px, the
+    kernel ``render_defocus`` applies for the camera, on its own (reflect-padded borders)."""
+    h, w = image.shape[-2:]
+    pad_h, pad_w = (min(gaussian_radius(float(camera_sigma.max())), n - 1) for n in (h, w))
+    padded = F.pad(image, (pad_w, pad_w, pad_h, pad_h), mode="reflect")
+    fh, fw = padded.shape[-2:]
+    spectrum = torch.fft.rfft2(padded) * _gaussian_spectrum(camera_sigma.to(image.device), fh, fw)[:, None]
+    return torch.fft.irfft2(spectrum, s=(fh, fw))[:, :, pad_h : pad_h + h, pad_w : pad_w + w].contiguous()
+
+
 def render_defocus(
     sharp: torch.Tensor,
     sigma: torch.Tensor,

@@ -15,7 +15,7 @@ import torch
 from hdme.train.synth.maps import make_map
 from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
-from hdme.train.synth.render import linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear, zoom_in
+from hdme.train.synth.render import camera_blur, linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear, zoom_in
 from hdme.train.synth.scenes import draw_scene
 from hdme.train.synth.shuffle import shuffle_pixels
 from hdme.train.synth.sources import as_source
@@ -126,10 +126,14 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
     if recipe.zoom_probability > 0:
         wanted = np.where(rng.random(count) < recipe.zoom_probability, rng.uniform(*recipe.zoom_range, count), 1.0)
         # enlarged no further than keeps every label of the sample within the recipe's range
-        top = sigma.amax(dim=(1, 2)).square()
-        if camera_sigma is not None:
-            top = top + camera_sigma.square()
-        room = (dist.max / top.sqrt().clamp(min=1e-3)).numpy()
+        top = sigma.amax(dim=(1, 2))
+        if camera_sigma is None:
+            room = dist.max / top.clamp(min=1e-3)
+        elif recipe.zoom_camera_blur_after:  # only the lens blur is enlarged
+            room = (dist.max**2 - camera_sigma.square()).sqrt() / top.clamp(min=1e-3)
+        else:
+            room = dist.max / (top.square() + camera_sigma.square()).sqrt().clamp(min=1e-3)
+        room = room.numpy()
         zoom = torch.from_numpy(np.clip(np.minimum(wanted, room), 1.0, None).astype(np.float32))
         zoom_offset = torch.from_numpy(rng.random((count, 2)).astype(np.float32))
     return SynthDraw(torch.stack(sources), sigma, kinds, psf, camera_sigma, noise, linear, contrast, zoom, zoom_offset)
@@ -156,16 +160,23 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         cam = camera_sigma[:, None, None, None]
         # keep the label inside the recipe's range: √(σ² + σ_cam²) ≤ σ_max
         sigma = torch.minimum(sigma, (sigma_max**2 - cam**2).sqrt())
+    zoomed = None if draw.zoom is None or not bool((draw.zoom > 1).any()) else draw.zoom.to(device) > 1
+    lens_camera_sigma = camera_sigma
+    if zoomed is not None and camera_sigma is not None and recipe.zoom_camera_blur_after:
+        lens_camera_sigma = torch.where(zoomed, 0.0, camera_sigma)
     linear = None if draw.linear is None else draw.linear.to(device)[:, None, None, None]
     light = sharp if linear is None else torch.where(linear, srgb_to_linear(sharp), sharp)
-    image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=camera_sigma,
+    image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=lens_camera_sigma,
                            max_error=recipe.render_error_8bit / 255.0, sigma_max=sigma_max)
     if linear is not None:
         image = torch.where(linear, linear_to_srgb(image), image)
-    if camera_sigma is not None:
-        sigma = (sigma.square() + camera_sigma[:, None, None, None].square()).sqrt()
-    if draw.zoom is not None and bool((draw.zoom > 1).any()):
+    if lens_camera_sigma is not None:
+        sigma = (sigma.square() + lens_camera_sigma[:, None, None, None].square()).sqrt()
+    if zoomed is not None:
         image, sigma, sharp, source_batch = _zoom_samples(draw, image, sigma, sharp, source_batch)
+        if lens_camera_sigma is not camera_sigma:
+            image[zoomed] = camera_blur(image[zoomed], camera_sigma[zoomed])
+            sigma[zoomed] = (sigma[zoomed].square() + camera_sigma[zoomed, None, None, None].square()).sqrt()
     return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, draw.psf, camera_sigma)
 
 
