@@ -25,18 +25,25 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
+# Left in every folder `hdme predict` writes maps to: its pictures are not photos to read again.
+PREDICTION_MARKER = ".hdme-predictions"
+
+
 def list_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:
     """Image files in ``folder`` (recursively), sorted by path; hidden files and folders (among
-    them the temporary files of an interrupted atomic write) and anything inside ``exclude`` left out."""
+    them the temporary files of an interrupted atomic write), anything inside ``exclude`` and
+    subfolders that hold an earlier prediction's output (``PREDICTION_MARKER``) left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise HdmeError(f"{folder}: not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
+    outputs = {m.parent for m in folder.rglob(PREDICTION_MARKER) if m.parent != folder}
     return sorted(
         p for p in folder.rglob("*")
         if p.is_file() and is_image_file(p)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and (skip is None or skip not in p.resolve().parents)
+        and not any(parent in outputs for parent in p.parents)
     )
 
 

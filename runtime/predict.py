@@ -13,7 +13,7 @@ import numpy as np
 
 from hdme.conventions import SIGMA_MAX, output_to_sigma, rescale_sigma, rgb_to_input, save_sigma_map, side_by_side
 from hdme.errors import HdmeError
-from hdme.images import expand_inputs, read_image, size_text, write_image
+from hdme.images import PREDICTION_MARKER, expand_inputs, read_image, size_text, write_image
 from hdme.io import make_folder
 from hdme.runtime.backends import create_backend
 
@@ -279,8 +279,9 @@ def output_names(paths: list[Path]) -> list[str]:
 def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FORMATS, on_result=None,
                   vmax: float = SIGMA_MAX, on_progress=None) -> list[PredictResult]:
     """Run ``predictor`` (anything with ``.predict(rgb)``) over files and folders; a bad file gets
-    a failed result with one line and the rest still run. Files inside ``out_dir`` are not inputs
-    when a folder is expanded, so rerunning into a subfolder does not take in its own outputs.
+    a failed result with one line and the rest still run. Files inside ``out_dir``, or inside
+    any other folder a prediction wrote to, are not inputs when a folder is expanded, so rerunning
+    into a subfolder does not take in earlier outputs.
     ``vmax``: the top of the PNG pictures' colour scale (σ px). ``on_progress(path, done, total)``
     follows the tiles of each image (the predictor's ``predict`` must take ``on_progress``)."""
     bad = [f for f in formats if f not in FORMATS]
@@ -293,6 +294,7 @@ def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FO
     if not paths:
         raise HdmeError("no input images found")
     make_folder(out_dir)
+    (out_dir / PREDICTION_MARKER).touch()
     results = []
     for path, name in zip(paths, output_names(paths)):
         try:

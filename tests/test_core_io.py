@@ -179,6 +179,19 @@ def test_listing_skips_hidden_and_temporary_files_and_an_excluded_folder(tmp_pat
     assert [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path], exclude=tmp_path / "maps")] == ["a.png"]
 
 
+def test_listing_skips_the_folders_earlier_predictions_wrote(tmp_path):
+    from hdme.images import PREDICTION_MARKER
+
+    for rel in ("a.png", "trip/b.png", "maps/a.png", "trip/maps2/b.png"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    (tmp_path / "maps" / PREDICTION_MARKER).touch()
+    (tmp_path / "trip" / "maps2" / PREDICTION_MARKER).touch()
+    assert [p.relative_to(tmp_path).as_posix() for p in expand_inputs([tmp_path])] == ["a.png", "trip/b.png"]
+    # an output folder named as the input is read: the user asked for it
+    assert [p.name for p in expand_inputs([tmp_path / "maps"])] == ["a.png"]
+
+
 def test_help_shows_flags_without_a_value_and_every_option_explained():
     import os
 

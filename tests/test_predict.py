@@ -10,8 +10,16 @@ from typer.testing import CliRunner
 from hdme.cli import app
 from hdme.conventions import load_sigma_map
 from hdme.errors import HdmeError
+from hdme.images import PREDICTION_MARKER
 from hdme.runtime.predict import DefocusPredictor, blend_window, tile_starts
 from runtime_support import shaped_onnx, textured_rgb, tiny_onnx
+
+
+def _written(folder):
+    """The files a prediction wrote to ``folder``, besides the marker that keeps them from being read as inputs."""
+    names = sorted(p.name for p in folder.iterdir())
+    assert PREDICTION_MARKER in names
+    return [n for n in names if n != PREDICTION_MARKER]
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +123,7 @@ def test_cli_predict_writes_maps_and_reports_bad_files(models, tmp_path):
         assert sigma.shape == hw and sigma.dtype == np.float32
         picture = cv2.imread(str(out / f"{name}.png"))
         assert picture.shape[0] == hw[0] and picture.shape[1] > 2 * hw[1]  # input | map | scale bar
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"{n}.{e}" for n in good for e in ("npy", "png"))
+    assert _written(out) == sorted(f"{n}.{e}" for n in good for e in ("npy", "png"))
 
 
 def test_cli_predict_all_good_exits_zero_and_honours_format(models, tmp_path):
@@ -123,7 +131,7 @@ def test_cli_predict_all_good_exits_zero_and_honours_format(models, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "a.png"), "--out", str(tmp_path / "o"),
                                       "--model", str(models["tiny"]), "--format", "npy", "--threads", "1"])
     assert result.exit_code == 0, result.output
-    assert [p.name for p in (tmp_path / "o").iterdir()] == ["a.npy"]
+    assert _written(tmp_path / "o") == ["a.npy"]
 
 
 def test_cli_predict_bad_model_is_one_line(tmp_path):
@@ -247,7 +255,7 @@ def test_inputs_sharing_a_stem_never_overwrite_each_other(models, tmp_path):
     result = CliRunner().invoke(app, ["predict", str(tmp_path / "d" / "a"), str(tmp_path / "d" / "b"), "--out", str(out),
                                       "--model", str(models["tiny"]), "--format", "npy", "--tta", "none"])
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["x.npy", "x_2.npy", "x_3.npy"]
+    assert _written(out) == ["x.npy", "x_2.npy", "x_3.npy"]
     predictor = DefocusPredictor(models["tiny"], tta="none")
     from hdme.images import read_image
 
@@ -305,14 +313,15 @@ def test_models_breaking_the_contract_are_one_line(tmp_path, engine):
     assert "1 of 2 images done, 1 failed" in result.output
 
 
-def test_rerun_into_a_subfolder_of_the_inputs_ignores_its_own_outputs(models, tmp_path):
+def test_rerun_into_a_subfolder_of_the_inputs_ignores_earlier_outputs(models, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     cv2.imwrite(str(photos / "a.png"), textured_rgb(40, 40))
-    for _ in range(2):
-        result = CliRunner().invoke(app, ["predict", str(photos), "--out", str(photos / "maps"), "--model", str(models["tiny"])])
+    for out in ("maps", "maps", "maps2"):
+        result = CliRunner().invoke(app, ["predict", str(photos), "--out", str(photos / out), "--model", str(models["tiny"])])
         assert result.exit_code == 0 and "1 of 1 images done" in result.output, result.output
-    assert sorted(p.name for p in (photos / "maps").iterdir()) == ["a.npy", "a.png"]
+    for out in ("maps", "maps2"):
+        assert _written(photos / out) == ["a.npy", "a.png"]
 
 
 def test_progress_follows_the_tiles_and_the_png_scale_is_an_option(models, tmp_path):
