@@ -454,8 +454,7 @@ def depth_command(
 
 
 def doctor_command() -> None:
-    """What this machine can run: each engine with its version and precisions, the NVIDIA driver and
-    CUDA libraries, and one line that fixes each mismatch."""
+    """What this machine can run: each engine, its version and precisions, the NVIDIA driver and CUDA, a fix per mismatch."""
     from rich.table import Table
 
     from hdme.runtime.doctor import diagnose
