@@ -257,3 +257,23 @@ def test_zoomed_samples_can_take_the_camera_blur_after_the_enlargement(source):
     assert torch.equal(after.image[~zoomed], before.image[~zoomed]) and torch.equal(after.sigma[~zoomed], before.sigma[~zoomed])
     # against the enlarged floor of `hdme-field-zoom`, the flat parts of a zoomed frame read sharper
     assert float(after.sigma[zoomed].amin(dim=(1, 2, 3)).mean()) < float(before.sigma[zoomed].amin(dim=(1, 2, 3)).mean())
+
+
+def test_zoomed_labels_can_take_in_the_blur_of_the_enlargement(source):
+    from hdme.train.synth.render import enlargement_blur
+    from hdme.train.synth.stream import draw_batch, render_clean
+
+    factors = torch.tensor([1.0, 1.25, 1.6, 2.0, 2.5])
+    added = enlargement_blur(factors)
+    assert added[0] == 0 and bool((added.diff() > 0).all()) and 0.4 < float(added[1]) < 0.7 and 1.0 < float(added[-1]) < 1.5
+
+    recipe = get_recipe("hdme-field-zoom-soft").replace(zoom_probability=0.5, zoom_range=[2.0, 2.0])
+    assert recipe.zoom_blur_labelled and not get_recipe("hdme-field-zoom-sensor").zoom_blur_labelled
+    draw = draw_batch(recipe, 64, 12, np.random.default_rng(2), as_source(source))
+    zoomed = draw.zoom > 1
+    labelled = render_clean(recipe, draw, torch.Generator().manual_seed(0))
+    plain = render_clean(recipe.replace(zoom_blur_labelled=False), draw, torch.Generator().manual_seed(0))
+    assert torch.equal(labelled.image, plain.image) and torch.equal(labelled.sigma[~zoomed], plain.sigma[~zoomed])
+    extra = enlargement_blur(draw.zoom[zoomed])[:, None, None, None]
+    expected = (plain.sigma[zoomed].square() + extra.square()).sqrt().clamp(max=10.0)
+    assert torch.allclose(labelled.sigma[zoomed], expected, atol=1e-5) and float(labelled.sigma.max()) <= 10.0

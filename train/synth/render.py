@@ -73,6 +73,28 @@ def zoom_in(maps: torch.Tensor, factor: torch.Tensor, offset: torch.Tensor, mode
     return F.grid_sample(maps, grid, mode=mode, padding_mode="border", align_corners=False)
 
 
+def enlargement_blur(factor: torch.Tensor, size: int = 64, phases: int = 8) -> torch.Tensor:
+    """The blur ``zoom_in`` adds by enlarging, px at the output's scale, one per factor [B]: ideal
+    steps at ``phases`` sub-pixel positions, area-sampled as a sensor samples them, enlarged by each
+    factor; their spread (the second moment of the derivative), averaged, in quadrature less the
+    unenlarged steps'. Content in focus at the rendered scale is this much blurred once enlarged:
+    0.55 px at 1.25×, 0.95 px at 2×, 1.2 px at 2.5×."""
+    position = size / 2 + torch.arange(phases, dtype=torch.float32) / phases
+    edges = (torch.arange(size, dtype=torch.float32) + 1 - position[:, None]).clamp(0.0, 1.0)  # [P, size]
+    steps = edges[:, None, None, :].expand(phases, 1, size, size)
+
+    def spread(f: torch.Tensor) -> torch.Tensor:
+        batch = steps.repeat(len(f), 1, 1, 1)
+        d = zoom_in(batch, f.repeat_interleave(phases), torch.full((len(batch), 2), 0.5), "bicubic")
+        d = d[:, 0].mean(dim=1).double().diff(dim=1).clamp(min=0.0)
+        x = torch.arange(d.shape[1], dtype=torch.float64)
+        mean = (d * x).sum(dim=1, keepdim=True) / d.sum(dim=1, keepdim=True)
+        return ((d * (x - mean) ** 2).sum(dim=1) / d.sum(dim=1)).reshape(len(f), phases).mean(dim=1)
+
+    factor = factor.float().cpu().reshape(-1)
+    return (spread(factor) - spread(torch.ones(1))).clamp(min=0.0).sqrt().float()
+
+
 def gaussian_radius(sigma: float) -> int:
     """Half-width of OpenCV's Gaussian kernel for float images: ksize = round(8σ + 1) | 1."""
     return (int(round(sigma * 8 + 1)) | 1) // 2

@@ -15,7 +15,7 @@ import torch
 from hdme.train.synth.maps import make_map
 from hdme.train.synth.noise import NoiseDraw, draw_noise, noise_batch
 from hdme.train.synth.recipe import SynthRecipe
-from hdme.train.synth.render import camera_blur, linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear, zoom_in
+from hdme.train.synth.render import camera_blur, enlargement_blur, linear_to_srgb, render_defocus, scale_contrast, srgb_to_linear, zoom_in
 from hdme.train.synth.scenes import draw_scene
 from hdme.train.synth.shuffle import shuffle_pixels
 from hdme.train.synth.sources import as_source
@@ -174,6 +174,10 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         sigma = (sigma.square() + lens_camera_sigma[:, None, None, None].square()).sqrt()
     if zoomed is not None:
         image, sigma, sharp, source_batch = _zoom_samples(draw, image, sigma, sharp, source_batch)
+        if recipe.zoom_blur_labelled:
+            added = enlargement_blur(draw.zoom[zoomed.cpu()]).to(device)[:, None, None, None]
+            # within the recipe's range: the enlargement's blur is at most 1.4 px in quadrature
+            sigma[zoomed] = (sigma[zoomed].square() + added.square()).sqrt().clamp(max=sigma_max)
         if lens_camera_sigma is not camera_sigma:
             image[zoomed] = camera_blur(image[zoomed], camera_sigma[zoomed])
             sigma[zoomed] = (sigma[zoomed].square() + camera_sigma[zoomed, None, None, None].square()).sqrt()
