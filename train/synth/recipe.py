@@ -224,7 +224,8 @@ RECIPES["hdme-field-zoom"] = dataclasses.replace(RECIPES["hdme-field-jpeg"], nam
 # `hdme-field-zoom` with the camera's own blur (0.2–0.45 px) applied after the enlargement. In
 # `hdme-field-zoom` it is enlarged with the lens blur, to 0.25–1.1 px, so the zoomed samples teach
 # that a frame with fine grain can still be blurred by 1 px everywhere: run ah lost RTF, whose
-# labels start at 0.3 px, where the zoomed samples had moved its floor.
+# labels start at 0.3 px, where the zoomed samples had moved its floor. Run ai (model card) read
+# RTF lower still (0.0771): the floor was not the cause. Not shipped.
 RECIPES["hdme-field-zoom-sensor"] = dataclasses.replace(RECIPES["hdme-field-zoom"], name="hdme-field-zoom-sensor",
                                                         zoom_camera_blur_after=True)
 
