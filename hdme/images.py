@@ -37,9 +37,10 @@ def list_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = N
     if not folder.is_dir():
         raise HdmeError(f"{folder}: not a folder")
     skip = Path(exclude).resolve() if exclude is not None else None
-    outputs = {m.parent for m in folder.rglob(PREDICTION_MARKER) if m.parent != folder}
+    found = list(folder.rglob("*"))
+    outputs = {p.parent for p in found if p.name == PREDICTION_MARKER and p.parent != folder}
     return sorted(
-        p for p in folder.rglob("*")
+        p for p in found
         if p.is_file() and is_image_file(p)
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
         and (skip is None or skip not in p.resolve().parents)
