@@ -127,12 +127,11 @@ def draw_batch(recipe: SynthRecipe, size: int, count: int, rng: np.random.Genera
         wanted = np.where(rng.random(count) < recipe.zoom_probability, rng.uniform(*recipe.zoom_range, count), 1.0)
         # enlarged no further than keeps every label of the sample within the recipe's range
         top = sigma.amax(dim=(1, 2))
-        if camera_sigma is None:
-            room = dist.max / top.clamp(min=1e-3)
-        elif recipe.zoom_camera_blur_after:  # only the lens blur is enlarged
+        if camera_sigma is not None and recipe.zoom_camera_blur_after:  # only the lens blur is enlarged
             room = (dist.max**2 - camera_sigma.square()).sqrt() / top.clamp(min=1e-3)
         else:
-            room = dist.max / (top.square() + camera_sigma.square()).sqrt().clamp(min=1e-3)
+            cam = torch.zeros(count) if camera_sigma is None else camera_sigma
+            room = dist.max / (top.square() + cam.square()).sqrt().clamp(min=1e-3)
         room = room.numpy()
         zoom = torch.from_numpy(np.clip(np.minimum(wanted, room), 1.0, None).astype(np.float32))
         zoom_offset = torch.from_numpy(rng.random((count, 2)).astype(np.float32))
@@ -161,9 +160,8 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
         # keep the label inside the recipe's range: √(σ² + σ_cam²) ≤ σ_max
         sigma = torch.minimum(sigma, (sigma_max**2 - cam**2).sqrt())
     zoomed = None if draw.zoom is None or not bool((draw.zoom > 1).any()) else draw.zoom.to(device) > 1
-    lens_camera_sigma = camera_sigma
-    if zoomed is not None and camera_sigma is not None and recipe.zoom_camera_blur_after:
-        lens_camera_sigma = torch.where(zoomed, 0.0, camera_sigma)
+    camera_after_zoom = zoomed is not None and camera_sigma is not None and recipe.zoom_camera_blur_after
+    lens_camera_sigma = torch.where(zoomed, 0.0, camera_sigma) if camera_after_zoom else camera_sigma
     linear = None if draw.linear is None else draw.linear.to(device)[:, None, None, None]
     light = sharp if linear is None else torch.where(linear, srgb_to_linear(sharp), sharp)
     image = render_defocus(light, sigma, psf=draw.psf, camera_sigma=lens_camera_sigma,
@@ -178,7 +176,7 @@ def render_clean(recipe: SynthRecipe, draw: SynthDraw, generator: torch.Generato
             added = enlargement_blur(draw.zoom[zoomed.cpu()]).to(device)[:, None, None, None]
             # within the recipe's range: the enlargement's blur is at most 1.4 px in quadrature
             sigma[zoomed] = (sigma[zoomed].square() + added.square()).sqrt().clamp(max=sigma_max)
-        if lens_camera_sigma is not camera_sigma:
+        if camera_after_zoom:
             image[zoomed] = camera_blur(image[zoomed], camera_sigma[zoomed])
             sigma[zoomed] = (sigma[zoomed].square() + camera_sigma[zoomed, None, None, None].square()).sqrt()
     return SynthBatch(image.float(), sigma.float(), sharp, source_batch, kinds, draw.psf, camera_sigma)
