@@ -25,7 +25,7 @@ def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTS
 
 
-# Left in every folder `hdme predict` writes maps to: its pictures are not photos to read again.
+# Left in every folder `hdme predict` or `hdme run` writes maps to: its pictures are not photos to read again.
 PREDICTION_MARKER = ".hdme-predictions"
 
 

@@ -13,7 +13,8 @@ import numpy as np
 
 from hdme.conventions import save_sigma_map, side_by_side
 from hdme.errors import HdmeError
-from hdme.io import temp_path_beside
+from hdme.images import PREDICTION_MARKER
+from hdme.io import make_folder, temp_path_beside
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 MAP_FORMATS = ("png", "npy")
@@ -101,12 +102,15 @@ class VideoSink(Sink):
 
 
 class MapSink(Sink):
-    """σ maps as DIR/NAME.png (16-bit, value = 1000·σ) or DIR/NAME.npy (float32 σ px)."""
+    """σ maps as DIR/NAME.png (16-bit, value = 1000·σ) or DIR/NAME.npy (float32 σ px). The folder
+    is marked as holding predictions, so that reading its parent again as a folder of frames or
+    photos leaves the maps out."""
 
     def __init__(self, folder: str | os.PathLike, fmt: str = "png") -> None:
         if fmt not in MAP_FORMATS:
             raise HdmeError(f"maps are saved as {' or '.join(MAP_FORMATS)}, not '{fmt}'")
-        self.folder = Path(folder)
+        self.folder = make_folder(folder)
+        (self.folder / PREDICTION_MARKER).touch()
         self.fmt = fmt
 
     def write(self, frame_bgr, sigma, name):

@@ -111,7 +111,18 @@ def test_image_folder_skips_and_counts_corrupt_frames(onnx_path, tmp_path):
     stats = StreamPipeline(source, create_backend(onnx_path), [MapSink(tmp_path / "maps", "npy")]).run()
     assert (stats.frames, stats.corrupt) == (3, 1)
     assert any("f1b.png" in m for m in messages)
-    assert sorted(p.stem for p in (tmp_path / "maps").iterdir()) == ["f0", "f1", "f2"]
+    assert sorted(p.stem for p in (tmp_path / "maps").glob("*.npy")) == ["f0", "f1", "f2"]
+
+
+def test_maps_saved_inside_the_frame_folder_are_not_read_as_frames_next_time(onnx_path, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(2):
+        cv2.imwrite(str(folder / f"f{i}.png"), textured_rgb(40, 56, seed=i))
+    for _ in range(2):
+        stats = StreamPipeline(open_source(str(folder)), create_backend(onnx_path), [MapSink(folder / "maps", "png")]).run()
+        assert stats.frames == 2
+    assert sorted(p.name for p in (folder / "maps").glob("*.png")) == ["f0.png", "f1.png"]
 
 
 def test_run_on_images_says_when_they_were_compressed_hard_enough_to_read_blur_low(onnx_path, tmp_path):
