@@ -97,7 +97,7 @@ def test_sources_crop_to_size_and_skip_bad_files(tmp_path):
     assert len(folder.corrupt_paths) == 1 and len(folder.small_paths) == 1
 
 
-def test_cached_sets_are_keyed_by_the_synthesis_code(tmp_path, monkeypatch):
+def test_cached_sets_are_keyed_by_the_synthesis_code_and_the_libraries_that_render_them(tmp_path, monkeypatch):
     from hdme.train.synth import sets
 
     monkeypatch.setenv(sets.CACHE_ENV, str(tmp_path))
@@ -106,6 +106,10 @@ def test_cached_sets_are_keyed_by_the_synthesis_code(tmp_path, monkeypatch):
     assert before == sets._cache_file(recipe, 32, 1)
     monkeypatch.setattr(sets, "synthesis_digest", lambda: "changed-code")
     assert sets._cache_file(recipe, 32, 1) != before  # a set rendered by other code is not reused
+    changed = sets._cache_file(recipe, 32, 1)
+    other_opencv = {**sets.rendering_libraries(), "opencv": "0.0"}
+    monkeypatch.setattr(sets, "rendering_libraries", lambda: other_opencv)
+    assert sets._cache_file(recipe, 32, 1) != changed  # nor one another OpenCV drew
 
 
 def test_linear_light_samples_blur_light_and_then_encode_it(source):
