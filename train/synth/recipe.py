@@ -235,7 +235,8 @@ RECIPES["hdme-field-zoom-sensor"] = dataclasses.replace(RECIPES["hdme-field-zoom
 # 1 px of visible blur on fine grain reads 0.3 px, and both read RTF's 1–3 px low (−11 %, −14 %; run
 # ai, whose labels held less of that blur than run ah's enlarged camera floor, the lower).
 # Run aj (model card, 58 min) got RTF's 1–3 px back (−5 %) and read in-focus content higher
-# (0.63 px for 0.54 on RTF): not shipped.
+# (0.63 px for 0.54 on RTF); run ak (85 min) kept RTF at the release's 0.058 and run ai's gains
+# away from the mix, with in-focus pixels still reading high (test split 0.0259 → 0.0270): not shipped.
 RECIPES["hdme-field-zoom-soft"] = dataclasses.replace(RECIPES["hdme-field-zoom-sensor"], name="hdme-field-zoom-soft",
                                                       zoom_blur_labelled=True)
 
