@@ -41,9 +41,8 @@ def synthesis_digest() -> str:
 
 def rendering_libraries() -> dict[str, str]:
     """Versions of the libraries that draw and blur a set. The same recipe and seed render other
-    pixels under another OpenCV (the hdme test split differs between OpenCV 4.14 and 5.0, and a
-    model scores 0.0258 on one and 0.0259 on the other), so a set is only reused under the versions
-    that rendered it, and comparisons stay within one environment."""
+    pixels under another OpenCV (OpenCV 4.14 and 5.0 differ; the model card's "Evaluation" says by
+    how much a score moves), so a set is only reused under the versions that rendered it."""
     import cv2
     import torch
 
