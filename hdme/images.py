@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 
 from hdme.errors import HdmeError
+from hdme.io import make_folder
 from hdme.native import captured_native_stderr
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"}
@@ -27,6 +28,14 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 # Left in every folder `hdme predict` or `hdme run` writes maps to: its pictures are not photos to read again.
 PREDICTION_MARKER = ".hdme-predictions"
+
+
+def make_prediction_folder(path: str | os.PathLike) -> Path:
+    """Create a folder for σ maps (``make_folder``) and mark it, so that ``list_images`` of a folder
+    above it leaves the maps out."""
+    folder = make_folder(path)
+    (folder / PREDICTION_MARKER).touch()
+    return folder
 
 
 def list_images(folder: str | os.PathLike, exclude: str | os.PathLike | None = None) -> list[Path]:

@@ -13,8 +13,7 @@ import numpy as np
 
 from hdme.conventions import SIGMA_MAX, output_to_sigma, rescale_sigma, rgb_to_input, save_sigma_map, side_by_side
 from hdme.errors import HdmeError
-from hdme.images import PREDICTION_MARKER, expand_inputs, read_image, size_text, write_image
-from hdme.io import make_folder
+from hdme.images import expand_inputs, make_prediction_folder, read_image, size_text, write_image
 from hdme.runtime.backends import create_backend
 
 MIN_SIDE = 32
@@ -293,8 +292,7 @@ def predict_files(predictor, inputs: list[str | Path], out_dir: Path, formats=FO
     paths = expand_inputs(inputs, exclude=out_dir)
     if not paths:
         raise HdmeError("no input images found")
-    make_folder(out_dir)
-    (out_dir / PREDICTION_MARKER).touch()
+    make_prediction_folder(out_dir)
     results = []
     for path, name in zip(paths, output_names(paths)):
         try:

@@ -13,8 +13,8 @@ import numpy as np
 
 from hdme.conventions import save_sigma_map, side_by_side
 from hdme.errors import HdmeError
-from hdme.images import PREDICTION_MARKER
-from hdme.io import make_folder, temp_path_beside
+from hdme.images import make_prediction_folder
+from hdme.io import temp_path_beside
 
 VIDEO_CODECS = {".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v", ".avi": "MJPG", ".mkv": "MJPG"}
 MAP_FORMATS = ("png", "npy")
@@ -109,8 +109,7 @@ class MapSink(Sink):
     def __init__(self, folder: str | os.PathLike, fmt: str = "png") -> None:
         if fmt not in MAP_FORMATS:
             raise HdmeError(f"maps are saved as {' or '.join(MAP_FORMATS)}, not '{fmt}'")
-        self.folder = make_folder(folder)
-        (self.folder / PREDICTION_MARKER).touch()
+        self.folder = make_prediction_folder(folder)
         self.fmt = fmt
 
     def write(self, frame_bgr, sigma, name):
